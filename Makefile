@@ -1,0 +1,31 @@
+# moe_study: `make test` is what CI runs (.ci/run); `make lab` opens the notebooks.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# pip's warnings about absent local mirrors are noise on machines without them
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install test lab clean
+
+install: $(VENV)/.installed
+
+# torch is pinned and installed first: an unpinned torch pulls gigabytes of CUDA wheels.
+$(VENV)/.installed: settings.ini setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q -e ".[dev]" 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -c "import torch, moe_study; print('installed moe_study', moe_study.__version__, 'with torch', torch.__version__)"
+	touch $@
+
+test: install
+	cd nbs && ../$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/pytest -q tests
+
+lab: install
+	$(BIN)/jupyter lab --notebook-dir nbs
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
