@@ -21,7 +21,7 @@ $(VENV)/.installed: settings.ini setup.py
 	touch $@
 
 test: install
-	cd nbs && ../$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/pytest -q tests
 
 lab: install

@@ -1,0 +1,111 @@
+"""The project as a user gets it: the Makefile path, CI wiring, and notebooks <-> library sync."""
+import configparser, json, os, re, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent          # the venv running the tests has nbdev's commands
+
+
+def run(cmd, cwd=ROOT, **kw):
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, **kw)
+
+
+def settings():
+    cfg = configparser.ConfigParser(delimiters=['='])
+    cfg.read(ROOT / 'settings.ini')
+    return cfg['DEFAULT']
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / 'README.md').read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    assert any(line.split('#')[0].strip() == 'make test' for b in blocks for line in b.splitlines())
+    ci = (ROOT / '.ci' / 'run').read_text()
+    assert re.search(r"^make test$", ci, flags=re.M), ".ci/run must call the README's test command"
+    assert os.access(ROOT / '.ci' / 'run', os.X_OK)
+
+
+def test_make_installs_pinned_torch_before_the_package(tmp_path):
+    out = run(['make', '-n', f'VENV={tmp_path}/venv', 'install']).stdout
+    torch_at = out.find('pip install -q torch==2.13.0')
+    pkg_at = out.find('pip install -q -e ".[dev]"')
+    assert 0 <= torch_at < pkg_at, out
+
+
+def test_make_test_runs_nbdev_test_then_pytest(tmp_path):
+    out = run(['make', '-n', f'VENV={tmp_path}/venv', 'test']).stdout
+    assert 0 <= out.find('bin/nbdev_test') < out.find('bin/pytest -q tests'), out
+    assert 'torch==2.13.0' in out                    # a fresh clone installs first
+
+
+def test_make_lab_opens_the_notebooks(tmp_path):
+    out = run(['make', '-n', f'VENV={tmp_path}/venv', 'lab']).stdout
+    assert 'jupyter lab --notebook-dir nbs' in out
+
+
+@pytest.mark.skipif('MAKELEVEL' not in os.environ, reason="the install stamp exists only under `make test`")
+def test_second_install_is_a_no_op():
+    assert run(['make', '-q', 'install']).returncode == 0
+
+
+def test_requirements_hold_the_working_nbdev_pins():
+    reqs = settings()['requirements'].split()
+    for pin in ('nbdev==2.4.14', 'fastcore>=1.12.3,<2', 'execnb>=0.1.12,<0.2'):
+        assert pin in reqs
+    for pkg in ('torch>=2.4', 'papermill', 'jupyterlab', 'sentencepiece', 'datasets', 'seaborn',
+                'pandas', 'tqdm', 'ipykernel'):
+        assert pkg in reqs
+    assert settings()['dev_requirements'].split() == ['pytest', 'hypothesis']
+
+
+def test_installed_package_matches_settings():
+    import moe_study
+    assert moe_study.__version__ == settings()['version']
+    assert Path(moe_study.__file__).resolve().parent == ROOT / 'moe_study'   # editable install
+
+
+@pytest.fixture()
+def project_copy(tmp_path):
+    "The notebooks, the library and settings.ini copied to a scratch dir, so nbdev may rewrite them."
+    dst = tmp_path / 'proj'
+    for name in ('nbs', 'moe_study'):
+        shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints'))
+    shutil.copy(ROOT / 'settings.ini', dst / 'settings.ini')
+    return dst
+
+
+def snapshot(folder: Path, pattern: str):
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.glob(pattern))}
+
+
+def test_nbdev_export_leaves_library_unchanged(project_copy):
+    before = snapshot(project_copy / 'moe_study', '*.py')
+    res = run([str(BIN / 'nbdev_export')], cwd=project_copy)
+    assert res.returncode == 0, res.stderr
+    after = snapshot(project_copy / 'moe_study', '*.py')
+    changed = [f for f in after if before.get(f) != after[f]] + sorted(set(before) - set(after))
+    assert not changed, f"run nbdev_export and commit moe_study/: {changed} differ from the notebooks"
+
+
+def test_nbdev_clean_leaves_notebooks_unchanged(project_copy):
+    before = snapshot(project_copy / 'nbs', '*.ipynb')
+    res = run([str(BIN / 'nbdev_clean')], cwd=project_copy)
+    assert res.returncode == 0, res.stderr
+    after = snapshot(project_copy / 'nbs', '*.ipynb')
+    assert not [f for f in after if before[f] != after[f]], "run nbdev_clean and commit nbs/"
+
+
+def test_nbdev_clean_keeps_papermill_parameters_tag(project_copy):
+    nb = {"cells": [{"cell_type": "code", "execution_count": 3, "id": "x",
+                     "metadata": {"tags": ["parameters"], "collapsed": True},
+                     "outputs": [], "source": ["variant = 'moe'"]}],
+          "metadata": {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    path = project_copy / 'nbs' / 'params_probe.ipynb'
+    path.write_text(json.dumps(nb))
+    res = run([str(BIN / 'nbdev_clean'), '--fname', str(path)], cwd=project_copy)
+    assert res.returncode == 0, res.stderr
+    cell = json.loads(path.read_text())['cells'][0]
+    assert cell['metadata'] == {'tags': ['parameters']} and cell['execution_count'] is None
