@@ -1,0 +1,133 @@
+"""Training end to end: papermill, the command line, kill-and-resume, and what must stop a run."""
+import json, os, random, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+from moe_study.model import Decoder
+from moe_study.trainer import TIMING_FIELDS, TrainingError, read_metrics, train
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPERMILL = Path(sys.executable).parent / 'papermill'
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, '-m', 'moe_study', *args], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def comparable(run):
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_metrics(run)]
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    "An uninterrupted smoke MoE run, seed 0."
+    out = tmp_path_factory.mktemp('ref') / 'run'
+    train('smoke', 'moe', 0, out_dir=out, progress=False)
+    return out
+
+
+def test_papermill_run_writes_a_complete_run_directory(tmp_path):
+    # the README's form, from the repository root, with an output notebook
+    res = subprocess.run([str(PAPERMILL), 'nbs/train.ipynb', str(tmp_path / 'out.ipynb'), '-p', 'preset', 'smoke',
+                          '-p', 'variant', 'dense_active', '-p', 'seed', '1', '-p', 'runs_dir', str(tmp_path / 'runs')],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = tmp_path / 'runs' / 'smoke' / 'dense_active' / 'seed1'
+    assert sorted(p.name for p in run.iterdir()) == ['checkpoint.pt', 'config.json', 'metrics.jsonl', 'summary.json']
+    summary = json.loads((run / 'summary.json').read_text())
+    assert summary['status'] == 'complete' and summary['variant'] == 'dense_active' and summary['seed'] == 1
+    assert len(summary['samples']) == 3
+    executed = json.loads((tmp_path / 'out.ipynb').read_text())
+    text = json.dumps(executed['cells'])
+    assert 'best val loss' in text and 'dense model: no router' in text
+
+
+def test_papermill_unknown_variant_lists_the_valid_ones(tmp_path):
+    res = subprocess.run([str(PAPERMILL), 'nbs/train.ipynb', str(tmp_path / 'out.ipynb'), '-p', 'variant', 'sparse',
+                          '-p', 'runs_dir', str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "unknown variant 'sparse'; valid variants: moe, dense_active, dense_total" in res.stderr
+
+
+def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, reference):
+    runs = tmp_path / 'runs'
+    cmd = [sys.executable, '-m', 'moe_study', 'train', '--preset', 'smoke', '--variant', 'moe', '--seed', '0',
+           '--runs-dir', str(runs), '--quiet', '--set', 'log_every=1']
+    run = runs / 'smoke' / 'moe' / 'seed0'
+    kill_at = random.Random().randint(11, 28)          # after the first checkpoint (step 10), before the end
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run / 'metrics.jsonl').exists() and any(r['step'] >= kill_at for r in read_metrics(run)):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert not (run / 'summary.json').exists(), "the run finished before it could be killed"
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    uninterrupted = tmp_path / 'whole'
+    train('smoke', 'moe', 0, overrides={'log_every': 1}, out_dir=uninterrupted, progress=False)
+    assert comparable(run) == comparable(uninterrupted), f"killed at step >= {kill_at}"
+    assert json.loads((run / 'summary.json').read_text())['best_val_loss'] == \
+        json.loads((uninterrupted / 'summary.json').read_text())['best_val_loss']
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    runs = str(tmp_path)
+    assert cli('train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', runs, '--until', '10', '--quiet').returncode == 0
+    res = cli('train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', runs, '--quiet', '--set', 'lr=0.001')
+    assert res.returncode == 1
+    assert 'refusing to resume' in res.stderr and 'train.lr: 0.003 -> 0.001' in res.stderr
+    assert 'Traceback' not in res.stderr
+    ckpt = tmp_path / 'smoke' / 'moe' / 'seed0' / 'checkpoint.pt'
+    assert torch.load(ckpt, weights_only=True)['step'] == 10           # untouched
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / 'run'
+    train('smoke', 'dense_active', 0, out_dir=out, progress=False, until=10)
+    good = (out / 'checkpoint.pt').read_bytes()
+    forward = Decoder.forward
+    def poisoned(self, tokens, targets=None):
+        o = forward(self, tokens, targets)
+        return o._replace(loss=o.loss * float('nan')) if targets is not None else o
+    monkeypatch.setattr(Decoder, 'forward', poisoned)
+    with pytest.raises(TrainingError, match="loss is nan at step 10.*last good checkpoint"):
+        train('smoke', 'dense_active', 0, out_dir=out, progress=False)
+    assert (out / 'checkpoint.pt').read_bytes() == good
+    assert not (out / 'summary.json').exists()
+
+
+def test_nan_from_a_huge_learning_rate_exits_nonzero(tmp_path):
+    res = cli('train', '--preset', 'smoke', '--variant', 'dense_active', '--runs-dir', str(tmp_path), '--quiet',
+              '--set', 'lr=1e6', '--set', 'warmup_steps=0', '--set', 'grad_clip=1e9')
+    assert res.returncode == 1 and 'loss is nan' in res.stderr and 'lower TrainConfig.lr' in res.stderr
+    assert not (tmp_path / 'smoke' / 'dense_active' / 'seed0' / 'summary.json').exists()
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    runs = str(tmp_path)
+    assert cli('train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', runs, '--until', '10', '--quiet').returncode == 0
+    ckpt = tmp_path / 'smoke' / 'moe' / 'seed0' / 'checkpoint.pt'
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    res = cli('train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', runs, '--quiet')
+    assert res.returncode == 1
+    assert 'cannot be read' in res.stderr and 'delete it' in res.stderr and 'Traceback' not in res.stderr
+
+
+def test_train_command_unknown_names(tmp_path):
+    res = cli('train', '--preset', 'huge', '--variant', 'moe')
+    assert res.returncode == 2 and "invalid choice: 'huge'" in res.stderr
+    res = cli('train', '--variant', 'dense')
+    assert res.returncode == 2 and 'dense_active' in res.stderr
+
+
+def test_bench_json_has_the_figures():
+    res = cli('bench', '--preset', 'smoke', '--steps', '2', '--json')
+    assert res.returncode == 0, res.stderr
+    b = json.loads(res.stdout)
+    for key in ('moe_over_dense_step', 'dense_peak_fraction', 'moe_peak_fraction', 'device'):
+        assert key in b
+    assert 0 < b['moe_over_dense_step'] < 10 and 0 < b['dense_peak_fraction'] < 2
