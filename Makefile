@@ -1,14 +1,14 @@
-# moe_study: `make test` is what CI runs (.ci/run); `make lab` opens the notebooks.
+# moe_study: `make study` runs the default study, `make test` is what CI runs (.ci/run), `make lab` opens the notebooks.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # pip's warnings about absent local mirrors are noise on machines without them
-QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test lab clean
+.PHONY: install study test lab clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ $(VENV)/.installed: settings.ini setup.py
 	$(BIN)/pip install -q -e ".[dev]" 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import torch, moe_study; print('installed moe_study', moe_study.__version__, 'with torch', torch.__version__)"
 	touch $@
+
+# the cpu study (3 variants x 3 seeds on the embedded corpus) and its report: report/cpu/index.html
+study: install
+	$(BIN)/python -m moe_study study --preset cpu
 
 test: install
 	$(BIN)/nbdev_test --n_workers 2
