@@ -557,7 +557,7 @@ def benchmark_data(preset: Preset | str) -> dict:
             'read_or_generate_mb_s': mb / read_s, 'tokenizer_train_s': train_s, 'tokenize_s': encode_s,
             'tokenize_mb_s': mb / encode_s, 'cache_build_s': build_s, 'threads': os.cpu_count()}
 
-# %% ../nbs/01_data.ipynb #294049a7
+# %% ../nbs/01_data.ipynb #4cd7b833
 class BatchSampler:
     "Deterministic training batches: `batch(step)` depends only on (tokens, seq_len, batch_size, seed, step)."
     def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
