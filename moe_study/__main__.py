@@ -15,16 +15,20 @@ from .trainer import TrainingError, benchmark, format_benchmark, run_dir, train
 from .study import DEFAULT_SEEDS, run_study
 
 # %% auto #0
-__all__ = ['COMMANDS', 'add_params_command', 'run_params', 'add_data_command', 'format_manifest', 'run_data', 'parse_overrides',
-           'add_train_command', 'run_train', 'add_bench_command', 'run_bench', 'add_study_command', 'run_study_command',
-           'build_parser', 'main']
+__all__ = ['COMMANDS', 'add_preset_argument', 'add_params_command', 'run_params', 'add_data_command', 'format_manifest',
+           'run_data', 'parse_overrides', 'add_train_command', 'run_train', 'add_bench_command', 'run_bench',
+           'add_study_command', 'run_study_command', 'build_parser', 'main']
 
-# %% ../nbs/08_cli.ipynb #992d5f62
+# %% ../nbs/08_cli.ipynb #9bcab05b
+def add_preset_argument(p, default: str | None = 'cpu', help: str = "preset (default: cpu)") -> None:
+    p.add_argument('--preset', default=default, choices=list(PRESETS), help=help)
+
+# %% ../nbs/08_cli.ipynb #0cab045c
 def add_params_command(sub) -> None:
     p = sub.add_parser('params', help="parameter counts, FLOPs and matching residuals of a preset's variants",
                        description="Print total / active / embedding parameters, training FLOPs per token and "
                                    "the matching residual of each variant of a preset.")
-    p.add_argument('--preset', default='cpu', choices=list(PRESETS), help="preset (default: cpu)")
+    add_preset_argument(p)
     p.add_argument('--variants', nargs='+', choices=list(VARIANTS), metavar='VARIANT',
                    help=f"variants to list (default: all of {', '.join(VARIANTS)})")
     p.add_argument('--json', action='store_true', help="print a JSON list instead of a table")
@@ -35,12 +39,12 @@ def run_params(args) -> int:
     print(json.dumps(rows, indent=2) if args.json else format_param_table(rows))
     return 0
 
-# %% ../nbs/08_cli.ipynb #a3907cd3
+# %% ../nbs/08_cli.ipynb #cb645d46
 def add_data_command(sub) -> None:
     p = sub.add_parser('data', help="build or verify a preset's tokenizer and token cache; print its manifest",
                        description="Build (first time) or verify (afterwards) the token cache of a preset under "
                                    "runs/_cache/ and print its manifest.")
-    p.add_argument('--preset', default='cpu', choices=list(PRESETS), help="preset (default: cpu)")
+    add_preset_argument(p)
     p.add_argument('--rebuild', action='store_true', help="build the cache again and replace the existing one")
     p.add_argument('--json', action='store_true', help="print the manifest as JSON")
     p.add_argument('--bench', action='store_true',
@@ -69,7 +73,7 @@ def run_data(args) -> int:
     print(json.dumps({'path': str(cache.path), **cache.manifest}, indent=2) if args.json else format_manifest(cache))
     return 0
 
-# %% ../nbs/08_cli.ipynb #6ee47617
+# %% ../nbs/08_cli.ipynb #cb4dcc9f
 def parse_overrides(pairs: list[str]) -> dict:
     "['max_steps=20', 'device=cpu'] -> {'max_steps': 20, 'device': 'cpu'}"
     out = {}
@@ -84,7 +88,7 @@ def add_train_command(sub) -> None:
     p = sub.add_parser('train', help="train one variant with one seed into its run directory",
                        description="Train one variant with one seed into runs/<preset>/<variant>/seed<k>/, "
                                    "resuming from its checkpoint if it has one.")
-    p.add_argument('--preset', default='cpu', choices=list(PRESETS), help="preset (default: cpu)")
+    add_preset_argument(p)
     p.add_argument('--variant', required=True, choices=list(VARIANTS))
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='FIELD=VALUE',
@@ -104,13 +108,12 @@ def run_train(args) -> int:
                 f"at step {summary['best_step']}, {summary['tokens']:,} tokens, {summary['wall_time_s']:.0f} s")
     return 0
 
-# %% ../nbs/08_cli.ipynb #702d8707
+# %% ../nbs/08_cli.ipynb #d6439919
 def add_bench_command(sub) -> None:
     p = sub.add_parser('bench', help="train-step throughput: MoE vs dense_active, and fraction of peak FLOP/s",
                        description="Measure the device's matmul peak and the train-step time of dense_active and "
                                    "moe in one run; print the ratio and the achieved fractions of the peak.")
-    p.add_argument('--preset', default=None, choices=list(PRESETS),
-                   help="shape to measure (default: cpu on a CPU, tinystories on a GPU)")
+    add_preset_argument(p, None, "shape to measure (default: cpu on a CPU, tinystories on a GPU)")
     p.add_argument('--steps', type=int, default=20, help="timed steps per model (default: 20)")
     p.add_argument('--json', action='store_true', help="print the figures as one JSON object")
     p.set_defaults(run=run_bench)
@@ -120,12 +123,12 @@ def run_bench(args) -> int:
     print(json.dumps(b, indent=2) if args.json else format_benchmark(b))
     return 0
 
-# %% ../nbs/08_cli.ipynb #e4847cb7
+# %% ../nbs/08_cli.ipynb #b474c47b
 def add_study_command(sub) -> None:
     p = sub.add_parser('study', help="run variants × seeds through nbs/train.ipynb and render the report",
                        description="Execute nbs/train.ipynb for every variant and seed that is not complete, "
                                    "then render report/<preset>/index.html and results.json.")
-    p.add_argument('--preset', default='cpu', choices=list(PRESETS), help="preset (default: cpu)")
+    add_preset_argument(p)
     p.add_argument('--variants', nargs='+', choices=list(VARIANTS), metavar='VARIANT',
                    help=f"variants (default: {' '.join(VARIANTS)})")
     p.add_argument('--seeds', nargs='+', type=int, default=list(DEFAULT_SEEDS), help="seeds (default: 0 1 2)")
@@ -141,7 +144,7 @@ def run_study_command(args) -> int:
     for r in outcome.failed: print(f"FAILED {r.variant} seed {r.seed}: {r.error} (see {r.path}/train.ipynb)", file=sys.stderr)
     return 1 if outcome.failed else 0
 
-# %% ../nbs/08_cli.ipynb #52e153aa
+# %% ../nbs/08_cli.ipynb #ad2003e1
 COMMANDS = (add_params_command, add_data_command, add_train_command, add_bench_command, add_study_command)
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-# %% ../nbs/08_cli.ipynb #ad2003e1
+# %% ../nbs/08_cli.ipynb #444ef879
 # `__file__` is set when Python runs this module (`python -m moe_study`), not in a notebook kernel
 if __name__ == '__main__' and '__file__' in globals(): raise SystemExit(main())

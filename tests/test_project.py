@@ -89,6 +89,16 @@ def test_nbdev_export_leaves_library_unchanged(project_copy):
     assert not changed, f"run nbdev_export and commit moe_study/: {changed} differ from the notebooks"
 
 
+def test_every_module_comes_from_a_notebook():
+    exported = set()
+    for nb in (ROOT / 'nbs').glob('*.ipynb'):
+        for cell in json.loads(nb.read_text())['cells']:
+            m = re.search(r'^#\|\s*default_exp\s+(\S+)', ''.join(cell['source']), flags=re.M)
+            if m: exported.add(m.group(1))
+    modules = {p.stem for p in (ROOT / 'moe_study').glob('*.py')} - {'__init__', '_modidx'}
+    assert modules == exported, f"modules no notebook exports (stale, delete them): {sorted(modules - exported)}"
+
+
 def test_nbdev_clean_leaves_notebooks_unchanged(project_copy):
     before = snapshot(project_copy / 'nbs', '*.ipynb')
     res = run([str(BIN / 'nbdev_clean')], cwd=project_copy)
