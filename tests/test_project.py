@@ -60,6 +60,14 @@ def test_requirements_hold_the_working_nbdev_pins():
     assert settings()['dev_requirements'].split() == ['pytest', 'hypothesis']
 
 
+def test_slow_and_gpu_cells_are_skipped_by_default():
+    # nbdev_test splits tst_flags on whitespace; `slow|gpu` would be one flag and run slow cells in CI
+    assert settings()['tst_flags'].split() == ['slow', 'gpu']
+    slow_cells = [nb.name for nb in (ROOT / 'nbs').glob('*.ipynb')
+                  if any(''.join(c['source']).startswith('#| slow') for c in json.loads(nb.read_text())['cells'])]
+    assert slow_cells == ['01_data.ipynb']          # the capacity measurement (minutes of training)
+
+
 def test_installed_package_matches_settings():
     import moe_study
     assert moe_study.__version__ == settings()['version']
