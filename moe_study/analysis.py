@@ -173,7 +173,6 @@ def study_results(preset: str, root: Path | None = None, failed: list[dict] | No
             'incomplete': incomplete, 'failed': failed or []}
 
 # %% ../nbs/07_analysis.ipynb #69927a43
-import matplotlib
 import matplotlib.pyplot as plt
 import seaborn as sns
 

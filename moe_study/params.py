@@ -5,7 +5,7 @@
 # %% ../nbs/04_params.ipynb #d608e595
 from __future__ import annotations
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from typing import Callable
 import torch
 from .config import ModelConfig, Preset, ConfigError, get_preset, get_variant, VARIANTS

@@ -4,8 +4,8 @@
 
 # %% ../nbs/06_study.ipynb #15cfba92
 from __future__ import annotations
-import json, os, traceback
-from dataclasses import dataclass, field
+import json, os
+from dataclasses import dataclass
 from pathlib import Path
 from tqdm import tqdm
 from .config import VARIANTS, get_preset, get_variant, project_root

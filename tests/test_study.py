@@ -1,5 +1,5 @@
 """The smoke-preset study end to end: sweep through papermill, report, skip, resume, failure."""
-import json, os, subprocess, sys
+import json, subprocess, sys
 from pathlib import Path
 
 import pytest

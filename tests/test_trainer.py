@@ -1,5 +1,5 @@
 """Training end to end: papermill, the command line, kill-and-resume, and what must stop a run."""
-import json, os, random, signal, subprocess, sys, time
+import json, random, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
