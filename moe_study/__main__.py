@@ -140,9 +140,12 @@ def run_study_command(args) -> int:
     outcome = run_study(args.preset, args.variants, args.seeds, args.runs_dir, args.report_dir)
     done = sum(r.status == 'complete' for r in outcome.runs)
     print(f"{len(outcome.executed)} run(s) executed, {done} already complete, {len(outcome.failed)} failed")
-    print(f"report: {outcome.report / 'index.html'}" + ('' if outcome.rendered else ' (unchanged, not re-rendered)'))
+    if outcome.report_error:
+        print(f"REPORT FAILED: {outcome.report_error} (see {outcome.report / 'report.ipynb'})", file=sys.stderr)
+    else:
+        print(f"report: {outcome.report / 'index.html'}" + ('' if outcome.rendered else ' (unchanged, not re-rendered)'))
     for r in outcome.failed: print(f"FAILED {r.variant} seed {r.seed}: {r.error} (see {r.path}/train.ipynb)", file=sys.stderr)
-    return 1 if outcome.failed else 0
+    return 1 if outcome.failed or outcome.report_error else 0
 
 # %% ../nbs/08_cli.ipynb #ad2003e1
 COMMANDS = (add_params_command, add_data_command, add_train_command, add_bench_command, add_study_command)

@@ -144,10 +144,6 @@ def fairness_audit(configs: dict[tuple[str, int], dict]) -> pd.DataFrame:
     for check, field in AUDIT_FIELDS.items():
         values = sorted({_value(c, field) for c in configs.values()})
         rows.append({'check': check, 'ok': len(values) == 1, 'values': values[0] if len(values) == 1 else values})
-    seeds = {}
-    for (variant, seed), c in configs.items(): seeds.setdefault(variant, set()).add(c['identity']['seed'])
-    same_seeds = len({frozenset(s) for s in seeds.values()}) <= 1
-    rows.append({'check': 'seeds (paired)', 'ok': same_seeds, 'values': {v: sorted(s) for v, s in seeds.items()}})
     return pd.DataFrame(rows)
 
 class UnfairComparison(ValueError): pass

@@ -101,6 +101,7 @@ class StudyOutcome:
     runs: list[RunOutcome]
     report: Path
     rendered: bool
+    report_error: str | None = None     # why the report could not be rendered (e.g. an unfair comparison)
 
     @property
     def failed(self) -> list[RunOutcome]: return [r for r in self.runs if r.status == 'failed']
@@ -112,5 +113,8 @@ def run_study(preset: str, variants=None, seeds=None, runs: Path | None = None, 
     "Sweep, then render the report (re-rendered only when something changed)."
     outcomes = sweep(preset, variants, seeds, runs, progress)
     failed = [{'variant': o.variant, 'seed': o.seed, 'path': o.path, 'error': o.error} for o in outcomes if o.status == 'failed']
-    report, rendered = render_report(preset, runs, reports, failed)
-    return StudyOutcome(preset, outcomes, report, rendered)
+    try:
+        report, rendered = render_report(preset, runs, reports, failed)
+        return StudyOutcome(preset, outcomes, report, rendered)
+    except Exception as e:                          # the runs stay; the reason is reported, not a traceback
+        return StudyOutcome(preset, outcomes, Path(reports or report_root()) / preset, False, _error_line(e))
