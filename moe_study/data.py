@@ -23,8 +23,8 @@ __all__ = ['NAME_ONSETS', 'NAME_CODAS', 'KINDS', 'TRAITS', 'COLORS', 'PETS', 'PE
            'CORPUS_SOURCES', 'EOS_ID', 'CACHE_FORMAT', 'DataError', 'Character', 'make_world', 'plural', 'a',
            'write_story', 'synthetic_stories', 'Corpus', 'synthetic_corpus', 'read_documents', 'is_validation',
            'files_corpus', 'load_tinystories', 'tinystories_corpus', 'open_corpus', 'train_tokenizer', 'load_tokenizer',
-           'cache_key', 'verify_cache', 'build_cache', 'TokenCache', 'load_data', 'benchmark_data', 'BatchSampler',
-           'val_batches']
+           'cache_key', 'write_json_atomic', 'verify_cache', 'build_cache', 'TokenCache', 'load_data', 'benchmark_data',
+           'BatchSampler', 'val_batches']
 
 # %% ../nbs/01_data.ipynb #c4a24059
 class DataError(ValueError):
@@ -436,8 +436,9 @@ def _sha256(path: Path) -> str:
         while block := f.read(1 << 24): h.update(block)
     return h.hexdigest()
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + '.tmp')
+def write_json_atomic(path: Path, obj) -> None:
+    "Write JSON to a temporary file, then rename it over `path`: readers never see half a file."
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
 
@@ -503,7 +504,7 @@ def build_cache(cfg: DataConfig, vocab_size: int, root: Path | None = None, rebu
             'data_sha256': hashlib.sha256((splits['train']['sha256'] + splits['val']['sha256']).encode()).hexdigest(),
             'build_seconds': round(time.time() - start, 2),
             'versions': {'moe_study': moe_study.__version__, 'sentencepiece': spm.__version__}}
-        _write_json_atomic(scratch / 'manifest.json', manifest)
+        write_json_atomic(scratch / 'manifest.json', manifest)
         if final.exists():                                  # --rebuild: swap only once the new cache is whole
             old = root / f".old-{key}-{os.getpid()}"
             os.rename(final, old); os.rename(scratch, final); shutil.rmtree(old)

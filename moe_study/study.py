@@ -10,7 +10,8 @@ from pathlib import Path
 from tqdm import tqdm
 from .config import VARIANTS, get_preset, get_variant, project_root
 from .analysis import study_results
-from .trainer import run_dir, runs_root, write_json_atomic
+from .data import write_json_atomic
+from .trainer import run_dir, runs_root
 
 # %% auto #0
 __all__ = ['DEFAULT_SEEDS', 'notebook', 'run_complete', 'execute_run', 'RunOutcome', 'sweep', 'report_root', 'render_report',

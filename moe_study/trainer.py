@@ -14,16 +14,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 import moe_study
 from .config import ConfigError, ModelConfig, Preset, TrainConfig, VARIANTS, get_preset, project_root
-from .data import BatchSampler, TokenCache, load_data, val_batches
+from .data import BatchSampler, TokenCache, load_data, val_batches, write_json_atomic
 from .model import Decoder
 from .params import count_params, flops_per_token, variant_config, variant_match
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'TIMING_FIELDS', 'TrainingError', 'make_optimizer', 'lr_at', 'resolve_device', 'autocast',
-           'measure_matmul_peak', 'peak_flops', 'evaluate', 'runs_root', 'run_dir', 'write_json_atomic', 'git_commit',
-           'flatten', 'config_drift', 'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss',
-           'train_step', 'RunSpec', 'resolve_run', 'total_steps', 'run_identity', 'describe_run', 'sample_stories',
-           'train', 'read_metrics', 'benchmark', 'format_benchmark']
+           'measure_matmul_peak', 'peak_flops', 'evaluate', 'runs_root', 'run_dir', 'git_commit', 'flatten',
+           'config_drift', 'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss', 'train_step',
+           'RunSpec', 'resolve_run', 'total_steps', 'run_identity', 'describe_run', 'sample_stories', 'train',
+           'read_metrics', 'benchmark', 'format_benchmark']
 
 # %% ../nbs/05_trainer.ipynb #dafacdec
 class TrainingError(RuntimeError):
@@ -105,12 +105,6 @@ def runs_root() -> Path: return project_root() / 'runs'
 def run_dir(preset: str, variant: str, seed: int, root: Path | None = None) -> Path:
     "runs/<preset>/<variant>/seed<k>/"
     return Path(root or runs_root()) / preset / variant / f"seed{seed}"
-
-def write_json_atomic(path: Path, obj) -> None:
-    "Write JSON to a temporary file, then rename it over `path`: readers never see half a file."
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 def git_commit() -> str | None:
     try:
