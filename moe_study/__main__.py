@@ -134,10 +134,12 @@ def add_study_command(sub) -> None:
     p.add_argument('--seeds', nargs='+', type=int, default=list(DEFAULT_SEEDS), help="seeds (default: 0 1 2)")
     p.add_argument('--runs-dir', type=Path, default=None, help="where run directories go (default: runs/)")
     p.add_argument('--report-dir', type=Path, default=None, help="where reports go (default: report/)")
+    p.add_argument('--jobs', type=int, default=None,
+                   help="runs executed at once (default: one per `threads` cores the preset gives a run, else 1)")
     p.set_defaults(run=run_study_command)
 
 def run_study_command(args) -> int:
-    outcome = run_study(args.preset, args.variants, args.seeds, args.runs_dir, args.report_dir)
+    outcome = run_study(args.preset, args.variants, args.seeds, args.runs_dir, args.report_dir, jobs=args.jobs)
     done = sum(r.status == 'complete' for r in outcome.runs)
     print(f"{len(outcome.executed)} run(s) executed, {done} already complete, {len(outcome.failed)} failed")
     if outcome.report_error:

@@ -171,6 +171,7 @@ class TrainConfig:
     device: str = 'auto'                # 'auto' | 'cpu' | 'cuda'
     dtype: str = 'auto'                 # 'auto' (bf16 on GPU, fp32 on CPU) | 'fp32' | 'bf16'
     compile: bool = False
+    threads: int | None = None          # CPU threads a run computes with (None: torch's default)
 
     def __post_init__(self):
         problems = []
@@ -178,7 +179,7 @@ class TrainConfig:
             if not ok: problems.append(f"{field}={getattr(self, field)!r}: {allowed}")
         for f in ('batch_size', 'eval_every', 'log_every', 'checkpoint_every'):
             need(_is_int(getattr(self, f)) and getattr(self, f) > 0, f, "must be a positive integer")
-        for f in ('seq_len', 'max_steps'):
+        for f in ('seq_len', 'max_steps', 'threads'):
             v = getattr(self, f)
             need(v is None or (_is_int(v) and v > 0), f, "must be None or a positive integer")
         for f in ('warmup_steps', 'sample_tokens'):
@@ -268,13 +269,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                        ffn='moe', n_experts=4, top_k=2, d_expert=176),
            DataConfig(train_docs=2_000, val_docs=200, n_characters=100, eval_tokens=8_192),
            TrainConfig(batch_size=8, max_steps=30, warmup_steps=5, eval_every=10, log_every=5,
-                       checkpoint_every=10, sample_tokens=24)),
+                       checkpoint_every=10, sample_tokens=24, threads=1)),
     Preset('cpu', "the embedded default study: about a minute per run on two CPU cores",
-           ModelConfig(vocab_size=1024, d_model=128, n_layers=4, n_heads=4, d_ff=344, context_len=128,
-                       ffn='moe', n_experts=4, top_k=2, d_expert=344),
-           DataConfig(train_docs=8_000, val_docs=1_000, n_characters=400, eval_tokens=32_768),
-           TrainConfig(batch_size=32, max_steps=150, lr=3e-3, warmup_steps=15, eval_every=25, log_every=5,
-                       checkpoint_every=25)),
+           ModelConfig(vocab_size=1024, d_model=64, n_layers=4, n_heads=4, d_ff=176, context_len=128,
+                       ffn='moe', n_experts=4, top_k=2, d_expert=176),
+           DataConfig(train_docs=9_000, val_docs=1_000, n_characters=400, eval_tokens=32_768),
+           TrainConfig(batch_size=32, max_steps=400, lr=5e-3, warmup_steps=40, eval_every=50, log_every=10,
+                       checkpoint_every=50, threads=1)),
     Preset('tinystories', "the seed study's regime: TinyStories, one GPU, ~20M parameters stored",
            ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=688, context_len=512,
                        ffn='moe', n_experts=4, top_k=2, d_expert=688),

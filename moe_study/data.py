@@ -143,7 +143,7 @@ MORE_ADJS = ("enormous miniature ancient modern clumsy graceful fancy plain croo
              "peculiar ordinary extraordinary").split()
 
 # %% ../nbs/01_data.ipynb #1ed3547d
-GENERATOR_VERSION = 1   # part of the cache key: bump it whenever the stories change
+GENERATOR_VERSION = 2   # part of the cache key: bump it whenever the stories change
 NAMES = sorted({a + b for a in NAME_ONSETS for b in NAME_CODAS})
 MAX_CHARACTERS = len(NAMES)
 
@@ -182,25 +182,27 @@ def a(phrase: str) -> str:
     return ('an ' if phrase[0] in 'aeiou' else 'a ') + phrase
 
 def write_story(rng: random.Random, c: Character) -> str:
-    "One story about character `c`, drawn with `rng`."
+    "One story about character `c`, drawn with `rng`; each name in it (hero, pet, friend) appears at most once."
     ch, r = rng.choice, rng.random
     P, p = c.pron.capitalize(), c.pron
-    poss = 'her' if p == 'she' else 'his'
+    poss, obj_pron = ('her', 'her') if p == 'she' else ('his', 'him')
+    Poss = poss.capitalize()
+    pet, friend = f"{poss} {c.pet}", f"{poss} friend"       # later mentions: never the name again
     s = [ch((f"Once upon a time, there was {a(c.trait)} {c.kind} named {c.name}.",
              f"There once was {a(c.trait)} {c.kind} called {c.name}.",
              f"{c.name} was {a(c.trait)} little {c.kind}."))]
-    facts = [ch((f"{P} lived in {c.home}.", f"{c.name}'s home was {c.home}.")),
-             ch((f"{P} had {a(c.pet)} named {c.pet_name}.", f"{c.name} had a pet {c.pet} called {c.pet_name}.")),
-             ch((f"{poss.capitalize()} favorite food was {c.food}.", f"{c.name} loved to eat {c.food}.")),
-             ch((f"{P} liked to play with {poss} {c.color} {c.toy}.", f"{c.name}'s best toy was {a(c.color)} {c.toy}.")),
-             ch((f"{poss.capitalize()} best friend was {c.friend}.", f"{c.name} and {c.friend} were best friends."))]
+    facts = [ch((f"{P} lived in {c.home}.", f"{Poss} home was {c.home}.")),
+             ch((f"{P} had {a(c.pet)} named {c.pet_name}.", f"{P} had a pet {c.pet} called {c.pet_name}.")),
+             ch((f"{Poss} favorite food was {c.food}.", f"{P} loved to eat {c.food}.")),
+             ch((f"{P} liked to play with {poss} {c.color} {c.toy}.", f"{Poss} best toy was {a(c.color)} {c.toy}.")),
+             ch((f"{Poss} best friend was {c.friend}.", f"{P} and {c.friend} were best friends."))]
     facts = [f for f in facts if r() < 0.7]
     rng.shuffle(facts)
     s += facts
     place = c.place if r() < 0.8 else ch(PLACES)
     obj, animal = ch(OBJECTS), ch(ANIMALS)
-    s.append(ch((f"One {ch(TIMES)}, {c.name} went to the {place} with {c.pet_name}.",
-                 f"One {ch(TIMES)}, {c.name} and {c.pet_name} walked to the {place}.")))
+    s.append(ch((f"One {ch(TIMES)}, {p} went to the {place} with {pet}.",
+                 f"One {ch(TIMES)}, {p} and {pet} walked to the {place}.")))
     scenery = [f"{ch(WEATHER).capitalize()}.",
                f"On the way, {p} saw {a(ch(ADJS))} {ch(ANIMALS)} {ch(ANIMAL_ACTIONS)}.",
                f"There were {ch(PLANTS)} and {ch(PLANTS)} everywhere.",
@@ -213,17 +215,17 @@ def write_story(rng: random.Random, c: Character) -> str:
     rng.shuffle(scenery)
     s += scenery[:rng.randint(2, 4)]
     s.append(f"Under {a(ch(TREES))} tree, {p} found {a(ch(ADJS))} {obj}.")
-    s.append("But then, " + ch(PROBLEMS).format(obj=obj, pet=c.pet_name, place=place, pron=p, a_animal=a(animal)) + ".")
-    s.append(f"\"{ch(EXCLAIMS)}\" said {c.name}. \"{ch(QUESTIONS)}\"")
-    s.append(ch((f"Just then, {c.friend} came by.", f"{c.friend} heard {c.name} and ran over.")))
-    s.append(f"\"{ch(REPLIES)}\" said {c.friend}.")
+    s.append("But then, " + ch(PROBLEMS).format(obj=obj, pet=pet, place=place, pron=p, a_animal=a(animal)) + ".")
+    s.append(f"\"{ch(EXCLAIMS)}\" {p} said. \"{ch(QUESTIONS)}\"")
+    s.append(ch((f"Just then, {friend} came by.", f"{Poss} friend heard {obj_pron} and ran over.")))
+    s.append(f"\"{ch(REPLIES)}\" said {friend}.")
     s.append(f"Together, they {ch(SOLUTIONS).format(animal=animal)}.")
     if r() < 0.6:
         s.append(ch((f"Then they played {ch(GAMES)} and ate {ch(SNACKS)}.",
                      f"After that, they liked to {ch(VERBS_PLAY)} until dinner.")))
-    s.append(f"{c.name} felt {ch(FEELINGS)} and {ch(FEELINGS)}.")
+    s.append(f"{P} felt {ch(FEELINGS)} and {ch(FEELINGS)}.")
     s.append(ch((f"{P} learned that {ch(MORALS)}.",
-                 f"From that day on, {c.name} and {c.friend} were even better friends.")))
+                 f"From that day on, {p} and {friend} were even better friends.")))
     return ' '.join(s)
 
 @functools.lru_cache(maxsize=8)

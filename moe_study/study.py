@@ -4,18 +4,20 @@
 
 # %% ../nbs/06_study.ipynb #15cfba92
 from __future__ import annotations
-import json, os
+import json, os, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from tqdm import tqdm
-from .config import VARIANTS, get_preset, get_variant, project_root
+from .config import VARIANTS, ConfigError, get_preset, get_variant, project_root
 from .analysis import study_results
 from .data import write_json_atomic
-from .trainer import run_dir, runs_root
+from .params import flops_per_token, variant_config
+from .trainer import resolve_device, run_dir, runs_root
 
 # %% auto #0
-__all__ = ['DEFAULT_SEEDS', 'notebook', 'run_complete', 'execute_run', 'RunOutcome', 'sweep', 'report_root', 'render_report',
-           'StudyOutcome', 'run_study']
+__all__ = ['DEFAULT_SEEDS', 'notebook', 'run_complete', 'RunFailed', 'execute_run', 'RunOutcome', 'default_jobs', 'sweep',
+           'report_root', 'render_report', 'StudyOutcome', 'run_study']
 
 # %% ../nbs/06_study.ipynb #2960596f
 DEFAULT_SEEDS = (0, 1, 2)
@@ -24,14 +26,19 @@ def notebook(name: str) -> Path: return project_root() / 'nbs' / name
 
 def run_complete(path: Path) -> bool: return (Path(path) / 'summary.json').exists()
 
+class RunFailed(RuntimeError):
+    "A run's notebook failed; the message is papermill's report, ending with the error the notebook raised."
+
 def execute_run(preset: str, variant: str, seed: int, root: Path) -> Path:
-    "Execute nbs/train.ipynb for one run; the executed notebook is saved as <run>/train.ipynb."
-    import papermill as pm
+    """Execute nbs/train.ipynb for one run in its own papermill process (so that runs can execute side by
+    side); the executed notebook is saved as <run>/train.ipynb."""
     out = run_dir(preset, variant, seed, root)
     out.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(notebook('train.ipynb')), str(out / 'train.ipynb'), cwd=str(project_root()),
-                        parameters={'preset': preset, 'variant': variant, 'seed': seed, 'runs_dir': str(root)},
-                        progress_bar=False, log_output=False)
+    cmd = [sys.executable, '-m', 'papermill', str(notebook('train.ipynb')), str(out / 'train.ipynb'),
+           '--cwd', str(project_root()), '--no-progress-bar', '-p', 'preset', preset, '-p', 'variant', variant,
+           '-p', 'seed', str(seed), '-p', 'runs_dir', str(root)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0: raise RunFailed(res.stderr.strip() or f"papermill exited with status {res.returncode}")
     return out
 
 # %% ../nbs/06_study.ipynb #45f3f8e6
@@ -47,28 +54,45 @@ def _error_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return next((l for l in reversed(text) if l.strip()), type(e).__name__)[:500]
 
+def default_jobs(preset: str) -> int:
+    """Runs a sweep executes at once: on a CPU, one per `threads` cores when the preset fixes its runs'
+    threads; otherwise (a GPU, or threads left to torch) one at a time."""
+    p = get_preset(preset)
+    if p.train.threads is None or resolve_device(p.train)[0].type != 'cpu': return 1
+    return max(1, len(os.sched_getaffinity(0)) // p.train.threads)
+
 def sweep(preset: str, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
-          execute=execute_run) -> list[RunOutcome]:
-    "Run every variant × seed that is not complete; a failure is recorded and the sweep goes on."
+          execute=execute_run, jobs: int | None = None) -> list[RunOutcome]:
+    """Run every variant × seed that is not complete, `jobs` at a time (None: `default_jobs`), the most
+    FLOPs per token first so the last to finish are the short ones; a failure is recorded and the sweep goes on."""
     get_preset(preset)
+    if jobs is not None and not (isinstance(jobs, int) and jobs > 0):
+        raise ConfigError(f"jobs={jobs!r}: must be a positive integer (the number of runs executed at once)")
     variants = list(variants or VARIANTS)
     for v in variants: get_variant(v)
     seeds = list(DEFAULT_SEEDS if seeds is None else seeds)
     root = Path(root or runs_root())
-    outcomes = []
     todo = [(v, s) for s in seeds for v in variants]
-    bar = tqdm(todo, desc=f"study {preset}", unit='run', disable=not progress)
-    for variant, seed in bar:
-        path = run_dir(preset, variant, seed, root)
-        bar.set_postfix_str(f"{variant} seed {seed}")
-        if run_complete(path):
-            outcomes.append(RunOutcome(variant, seed, str(path), 'complete')); continue
+    paths = {run: run_dir(preset, *run, root) for run in todo}
+    outcomes = {run: RunOutcome(*run, str(paths[run]), 'complete') for run in todo if run_complete(paths[run])}
+    cost = {v: flops_per_token(variant_config(preset, v)) for v in variants}
+    pending = sorted((run for run in todo if run not in outcomes), key=lambda run: -cost[run[0]])
+
+    def execute_one(run) -> RunOutcome:
         try:
-            execute(preset, variant, seed, root)
-            outcomes.append(RunOutcome(variant, seed, str(path), 'executed'))
+            execute(preset, *run, root)
+            return RunOutcome(*run, str(paths[run]), 'executed')
         except Exception as e:                      # keep going: the report lists what failed
-            outcomes.append(RunOutcome(variant, seed, str(path), 'failed', _error_line(e)))
-    return outcomes
+            return RunOutcome(*run, str(paths[run]), 'failed', _error_line(e))
+
+    with tqdm(total=len(todo), initial=len(outcomes), desc=f"study {preset}", unit='run', disable=not progress) as bar, \
+         ThreadPoolExecutor(jobs or default_jobs(preset)) as pool:
+        for future in as_completed([pool.submit(execute_one, run) for run in pending]):
+            o = future.result()
+            outcomes[(o.variant, o.seed)] = o
+            bar.set_postfix_str(f"{o.variant} seed {o.seed} {o.status}")
+            bar.update()
+    return [outcomes[run] for run in todo]
 
 # %% ../nbs/06_study.ipynb #cd2dbc54
 def report_root() -> Path: return project_root() / 'report'
@@ -110,9 +134,9 @@ class StudyOutcome:
     def executed(self) -> list[RunOutcome]: return [r for r in self.runs if r.status == 'executed']
 
 def run_study(preset: str, variants=None, seeds=None, runs: Path | None = None, reports: Path | None = None,
-              progress: bool = True) -> StudyOutcome:
+              progress: bool = True, jobs: int | None = None) -> StudyOutcome:
     "Sweep, then render the report (re-rendered only when something changed)."
-    outcomes = sweep(preset, variants, seeds, runs, progress)
+    outcomes = sweep(preset, variants, seeds, runs, progress, jobs=jobs)
     failed = [{'variant': o.variant, 'seed': o.seed, 'path': o.path, 'error': o.error} for o in outcomes if o.status == 'failed']
     try:
         report, rendered = render_report(preset, runs, reports, failed)

@@ -5,7 +5,7 @@
 # %% ../nbs/05_trainer.ipynb #3332dcfa
 from __future__ import annotations
 import json, math, os, platform, subprocess, time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -20,10 +20,10 @@ from .params import count_params, flops_per_token, variant_config, variant_match
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'TIMING_FIELDS', 'TrainingError', 'make_optimizer', 'lr_at', 'resolve_device', 'autocast',
-           'measure_matmul_peak', 'peak_flops', 'evaluate', 'runs_root', 'run_dir', 'git_commit', 'flatten',
-           'config_drift', 'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss', 'train_step',
-           'RunSpec', 'resolve_run', 'total_steps', 'run_identity', 'describe_run', 'sample_stories', 'train',
-           'read_metrics', 'benchmark', 'format_benchmark']
+           'cpu_threads', 'measure_matmul_peak', 'peak_flops', 'evaluate', 'runs_root', 'run_dir', 'git_commit',
+           'flatten', 'config_drift', 'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss',
+           'train_step', 'RunSpec', 'resolve_run', 'total_steps', 'run_identity', 'describe_run', 'sample_stories',
+           'train', 'read_metrics', 'benchmark', 'format_benchmark']
 
 # %% ../nbs/05_trainer.ipynb #dafacdec
 class TrainingError(RuntimeError):
@@ -61,6 +61,14 @@ def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
 
 def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+@contextmanager
+def cpu_threads(n: int | None):
+    "Compute with `n` CPU threads inside the block (None: leave torch's setting), then restore the previous count."
+    before = torch.get_num_threads()
+    if n is not None: torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(before)
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 5) -> float:
     "The best FLOP/s of an n×n×n matmul on `device` (2n³ FLOPs each)."
@@ -239,6 +247,11 @@ def train(preset: Preset | str, variant: str, seed: int = 0, overrides: dict | N
     Returns the summary; with `until`, stops after that step's checkpoint and returns None (call again to go on).
     `model` trains another model config with the preset's recipe (an experiment outside the variant registry)."""
     spec = resolve_run(preset, variant, seed, overrides, model)
+    with cpu_threads(spec.train.threads if resolve_device(spec.train)[0].type == 'cpu' else None):
+        return _train(spec, out_dir, progress, until)
+
+def _train(spec: RunSpec, out_dir: Path | None, progress: bool, until: int | None) -> dict | None:
+    variant, seed = spec.variant, spec.seed
     out = Path(out_dir) if out_dir is not None else run_dir(spec.preset.name, variant, seed)
     if (out / 'summary.json').exists():
         return json.loads((out / 'summary.json').read_text())
