@@ -73,3 +73,19 @@ def test_deleting_a_summary_reruns_only_that_run_and_failures_are_reported(first
 def test_unknown_variant_for_the_study(tmp_path):
     res = study(tmp_path, '--variants', 'moe', 'sparse')
     assert res.returncode == 2 and "invalid choice: 'sparse'" in res.stderr
+
+
+def test_a_run_in_the_sweep_equals_the_same_run_alone(first_pass, tmp_path):
+    # the sweep executed two one-thread runs at a time; the preset fixes the threads, so the numbers do not depend on it
+    from moe_study.trainer import read_metrics, train, TIMING_FIELDS
+    tmp, _ = first_pass
+    swept = tmp / 'runs' / 'smoke' / 'dense_active' / 'seed1'
+    alone = train('smoke', 'dense_active', 1, out_dir=tmp_path / 'alone', progress=False)
+    assert alone['best_val_loss'] == json.loads((swept / 'summary.json').read_text())['best_val_loss']
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMING_FIELDS} for m in ms]
+    assert strip(read_metrics(tmp_path / 'alone')) == strip(read_metrics(swept))
+
+
+def test_jobs_must_be_positive(tmp_path):
+    res = study(tmp_path, '--jobs', '0')
+    assert res.returncode == 2 and 'jobs=0: must be a positive integer' in res.stderr
