@@ -13,7 +13,7 @@ from .config import VARIANTS, ConfigError, get_preset, get_variant, project_root
 from .analysis import study_results
 from .data import write_json_atomic
 from .params import flops_per_token, variant_config
-from .trainer import resolve_device, run_dir, runs_root
+from .trainer import run_dir, run_threads, runs_root
 
 # %% auto #0
 __all__ = ['DEFAULT_SEEDS', 'notebook', 'run_complete', 'RunFailed', 'execute_run', 'RunOutcome', 'default_jobs', 'sweep',
@@ -57,9 +57,8 @@ def _error_line(e: Exception) -> str:
 def default_jobs(preset: str) -> int:
     """Runs a sweep executes at once: on a CPU, one per `threads` cores when the preset fixes its runs'
     threads; otherwise (a GPU, or threads left to torch) one at a time."""
-    p = get_preset(preset)
-    if p.train.threads is None or resolve_device(p.train)[0].type != 'cpu': return 1
-    return max(1, len(os.sched_getaffinity(0)) // p.train.threads)
+    threads = run_threads(get_preset(preset).train)
+    return 1 if threads is None else max(1, len(os.sched_getaffinity(0)) // threads)
 
 def sweep(preset: str, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
           execute=execute_run, jobs: int | None = None) -> list[RunOutcome]:

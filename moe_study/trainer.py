@@ -20,10 +20,10 @@ from .params import count_params, flops_per_token, variant_config, variant_match
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'TIMING_FIELDS', 'TrainingError', 'make_optimizer', 'lr_at', 'resolve_device', 'autocast',
-           'cpu_threads', 'measure_matmul_peak', 'peak_flops', 'evaluate', 'runs_root', 'run_dir', 'git_commit',
-           'flatten', 'config_drift', 'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss',
-           'train_step', 'RunSpec', 'resolve_run', 'total_steps', 'run_identity', 'describe_run', 'sample_stories',
-           'train', 'read_metrics', 'benchmark', 'format_benchmark']
+           'run_threads', 'cpu_threads', 'measure_matmul_peak', 'peak_flops', 'evaluate', 'runs_root', 'run_dir',
+           'git_commit', 'flatten', 'config_drift', 'save_checkpoint', 'load_checkpoint', 'truncate_metrics',
+           'NonFiniteLoss', 'train_step', 'RunSpec', 'resolve_run', 'total_steps', 'run_identity', 'describe_run',
+           'sample_stories', 'train', 'read_metrics', 'benchmark', 'format_benchmark']
 
 # %% ../nbs/05_trainer.ipynb #dafacdec
 class TrainingError(RuntimeError):
@@ -61,6 +61,10 @@ def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
 
 def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+def run_threads(cfg: TrainConfig) -> int | None:
+    "The CPU threads a run is pinned to: the recipe's `threads` on a CPU; None (torch decides) otherwise."
+    return cfg.threads if resolve_device(cfg)[0].type == 'cpu' else None
 
 @contextmanager
 def cpu_threads(n: int | None):
@@ -247,7 +251,7 @@ def train(preset: Preset | str, variant: str, seed: int = 0, overrides: dict | N
     Returns the summary; with `until`, stops after that step's checkpoint and returns None (call again to go on).
     `model` trains another model config with the preset's recipe (an experiment outside the variant registry)."""
     spec = resolve_run(preset, variant, seed, overrides, model)
-    with cpu_threads(spec.train.threads if resolve_device(spec.train)[0].type == 'cpu' else None):
+    with cpu_threads(run_threads(spec.train)):
         return _train(spec, out_dir, progress, until)
 
 def _train(spec: RunSpec, out_dir: Path | None, progress: bool, until: int | None) -> dict | None:
@@ -338,9 +342,11 @@ def _train(spec: RunSpec, out_dir: Path | None, progress: bool, until: int | Non
     return summary
 
 # %% ../nbs/05_trainer.ipynb #025318d6
-def read_metrics(run: Path) -> list[dict]:
-    "The records of a run's metrics.jsonl."
-    return [json.loads(l) for l in (Path(run) / 'metrics.jsonl').read_text().splitlines() if l.strip()]
+def read_metrics(run: Path, timing: bool = True) -> list[dict]:
+    """The records of a run's metrics.jsonl; with `timing=False` without the timing fields, leaving what
+    identical runs must agree on exactly."""
+    records = [json.loads(l) for l in (Path(run) / 'metrics.jsonl').read_text().splitlines() if l.strip()]
+    return records if timing else [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
 
 # %% ../nbs/05_trainer.ipynb #4db475ae
 def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compile: bool | None = None) -> dict:

@@ -77,13 +77,12 @@ def test_unknown_variant_for_the_study(tmp_path):
 
 def test_a_run_in_the_sweep_equals_the_same_run_alone(first_pass, tmp_path):
     # the sweep executed two one-thread runs at a time; the preset fixes the threads, so the numbers do not depend on it
-    from moe_study.trainer import read_metrics, train, TIMING_FIELDS
+    from moe_study.trainer import read_metrics, train
     tmp, _ = first_pass
     swept = tmp / 'runs' / 'smoke' / 'dense_active' / 'seed1'
     alone = train('smoke', 'dense_active', 1, out_dir=tmp_path / 'alone', progress=False)
     assert alone['best_val_loss'] == json.loads((swept / 'summary.json').read_text())['best_val_loss']
-    strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMING_FIELDS} for m in ms]
-    assert strip(read_metrics(tmp_path / 'alone')) == strip(read_metrics(swept))
+    assert read_metrics(tmp_path / 'alone', timing=False) == read_metrics(swept, timing=False)
 
 
 def test_jobs_must_be_positive(tmp_path):
