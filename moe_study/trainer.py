@@ -349,11 +349,18 @@ def read_metrics(run: Path, timing: bool = True) -> list[dict]:
     return records if timing else [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
 
 # %% ../nbs/05_trainer.ipynb #4db475ae
-def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compile: bool | None = None) -> dict:
-    "Step-time ratio MoE / dense_active and fractions of the measured peak, measured in one run."
+def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compile: bool | None = None,
+              threads: int | None = None) -> dict:
+    """Step-time ratio MoE / dense_active and fractions of the measured peak, measured in one run. On a CPU
+    with the threads a training run of `preset` computes with (its `threads`), or `threads` when given."""
     device, _ = resolve_device(TrainConfig())
     preset = get_preset(preset or ('tinystories' if device.type == 'cuda' else 'cpu'))
-    cfg = preset.train
+    cfg = preset.train if threads is None else preset.train.replace(threads=threads)   # validates `threads`
+    with cpu_threads(run_threads(cfg)):
+        return _benchmark(preset, cfg, device, steps, warmup, compile)
+
+def _benchmark(preset: Preset, cfg: TrainConfig, device: torch.device, steps: int, warmup: int,
+               compile: bool | None) -> dict:
     dtype = resolve_device(cfg)[1]
     compile = cfg.compile and device.type == 'cuda' if compile is None else compile
     peak = measure_matmul_peak(device, dtype, n=4096 if device.type == 'cuda' else 1024, repeats=10)
@@ -377,8 +384,9 @@ def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compi
         for variant in runs:
             dt = step(variant)
             if i >= warmup: runs[variant][4].append(dt)
-    out = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else f"cpu ({torch.get_num_threads()} threads)",
-           'preset': preset.name, 'dtype': str(dtype).removeprefix('torch.'), 'compile': compile,
+    cpu = device.type == 'cpu'
+    out = {'device': f"cpu ({torch.get_num_threads()} threads)" if cpu else torch.cuda.get_device_name(device),
+           'threads': torch.get_num_threads() if cpu else None, 'preset': preset.name, 'dtype': str(dtype).removeprefix('torch.'), 'compile': compile,
            'batch_tokens': tokens, 'peak_flops': peak}
     for variant, (model, *_, times) in runs.items():
         step_s = float(np.median(times))

@@ -127,3 +127,9 @@ def test_bench_json_has_the_figures():
     for key in ('moe_over_dense_step', 'dense_peak_fraction', 'moe_peak_fraction', 'device'):
         assert key in b
     assert 0 < b['moe_over_dense_step'] < 10 and 0 < b['dense_peak_fraction'] < 2
+    assert b['threads'] == 1          # the smoke preset trains with one thread, so the bench measures with one
+
+
+def test_bench_bad_threads_is_a_clear_error():
+    res = cli('bench', '--preset', 'smoke', '--threads', '0')
+    assert res.returncode == 2 and 'threads=0' in res.stderr and 'positive integer' in res.stderr
