@@ -386,8 +386,8 @@ def _benchmark(preset: Preset, cfg: TrainConfig, device: torch.device, steps: in
             if i >= warmup: runs[variant][4].append(dt)
     cpu = device.type == 'cpu'
     out = {'device': f"cpu ({torch.get_num_threads()} threads)" if cpu else torch.cuda.get_device_name(device),
-           'threads': torch.get_num_threads() if cpu else None, 'preset': preset.name, 'dtype': str(dtype).removeprefix('torch.'), 'compile': compile,
-           'batch_tokens': tokens, 'peak_flops': peak}
+           'threads': torch.get_num_threads() if cpu else None, 'preset': preset.name,
+           'dtype': str(dtype).removeprefix('torch.'), 'compile': compile, 'batch_tokens': tokens, 'peak_flops': peak}
     for variant, (model, *_, times) in runs.items():
         step_s = float(np.median(times))
         achieved = flops_per_token(model.cfg) * tokens / step_s
