@@ -8,20 +8,46 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from .config import ConfigError, PRESETS, VARIANTS
+from .config import ConfigError, PRESETS, Preset, get_preset, study_with
 from .params import format_param_table, variant_table
 from .data import DataError, benchmark_data, load_data
 from .trainer import TrainingError, benchmark, format_benchmark, run_dir, train
-from .study import DEFAULT_SEEDS, run_study
+from .study import run_study
 
 # %% auto #0
-__all__ = ['COMMANDS', 'add_preset_argument', 'add_params_command', 'run_params', 'add_data_command', 'format_manifest',
-           'run_data', 'parse_overrides', 'add_train_command', 'run_train', 'add_bench_command', 'run_bench',
-           'add_study_command', 'run_study_command', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'study_from_args', 'check_variants', 'add_params_command',
+           'run_params', 'add_data_command', 'format_manifest', 'run_data', 'add_train_command', 'run_train',
+           'add_bench_command', 'run_bench', 'add_study_command', 'run_study_command', 'build_parser', 'main']
 
 # %% ../nbs/08_cli.ipynb #9bcab05b
-def add_preset_argument(p, default: str | None = 'cpu', help: str = "preset (default: cpu)") -> None:
-    p.add_argument('--preset', default=default, choices=list(PRESETS), help=help)
+def add_preset_argument(p, default: str | None = 'cpu', changes: bool = True) -> None:
+    "`--preset`, and with `changes` the user's `--data` and `--set` that make a new study identity."
+    p.add_argument('--preset', default=default, metavar='PRESET',
+                   help=f"{', '.join(PRESETS)}, or a study .json file (default: {default or 'see below'})")
+    if not changes: return
+    p.add_argument('--data', default=None, metavar='PATH',
+                   help="your own corpus: a .txt / .jsonl / .parquet file or folder (a new study identity)")
+    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='FIELD=VALUE',
+                   help="change a field: model.FIELD, data.FIELD, train.FIELD (a bare FIELD is train.FIELD); "
+                        "repeatable; a new study identity")
+
+def parse_overrides(pairs: list[str]) -> dict:
+    "['max_steps=20', 'model.n_experts=8'] -> {'max_steps': 20, 'model.n_experts': 8}"
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition('=')
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected FIELD=VALUE, e.g. --set max_steps=100 or --set model.n_experts=8")
+        try: out[key] = json.loads(value)
+        except json.JSONDecodeError: out[key] = value
+    return out
+
+def study_from_args(args) -> Preset:
+    "The study the command line names: the preset, changed by --data and --set."
+    return study_with(get_preset(args.preset), getattr(args, 'data', None), parse_overrides(getattr(args, 'overrides', [])))
+
+def check_variants(study: Preset, variants: list[str] | None) -> None:
+    for v in variants or (): study.variant(v)
 
 # %% ../nbs/08_cli.ipynb #0cab045c
 def add_params_command(sub) -> None:
@@ -29,13 +55,14 @@ def add_params_command(sub) -> None:
                        description="Print total / active / embedding parameters, training FLOPs per token and "
                                    "the matching residual of each variant of a preset.")
     add_preset_argument(p)
-    p.add_argument('--variants', nargs='+', choices=list(VARIANTS), metavar='VARIANT',
-                   help=f"variants to list (default: all of {', '.join(VARIANTS)})")
+    p.add_argument('--variants', nargs='+', metavar='VARIANT', help="variants to list (default: all the study declares)")
     p.add_argument('--json', action='store_true', help="print a JSON list instead of a table")
     p.set_defaults(run=run_params)
 
 def run_params(args) -> int:
-    rows = variant_table(args.preset, args.variants)
+    study = study_from_args(args)
+    check_variants(study, args.variants)
+    rows = variant_table(study, args.variants)
     print(json.dumps(rows, indent=2) if args.json else format_param_table(rows))
     return 0
 
@@ -63,36 +90,24 @@ def format_manifest(cache) -> str:
 
 def run_data(args) -> int:
     if args.bench:
-        b = benchmark_data(args.preset)
+        b = benchmark_data(study_from_args(args))
         print(json.dumps(b, indent=2) if args.json else
               f"{b['preset']}: {b['train_docs']:,} training documents, {b['train_mb']:.1f} MB; read/generate "
               f"{b['read_or_generate_mb_s']:.1f} MB/s; tokenizer trained in {b['tokenizer_train_s']:.2f} s; tokenise "
               f"{b['tokenize_mb_s']:.1f} MB/s on {b['threads']} threads; whole cache built in {b['cache_build_s']:.1f} s")
         return 0
-    cache = load_data(args.preset, rebuild=args.rebuild)
+    cache = load_data(study_from_args(args), rebuild=args.rebuild)
     print(json.dumps({'path': str(cache.path), **cache.manifest}, indent=2) if args.json else format_manifest(cache))
     return 0
 
 # %% ../nbs/08_cli.ipynb #cb4dcc9f
-def parse_overrides(pairs: list[str]) -> dict:
-    "['max_steps=20', 'device=cpu'] -> {'max_steps': 20, 'device': 'cpu'}"
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition('=')
-        if not sep: raise ConfigError(f"--set {pair!r}: expected FIELD=VALUE, e.g. --set max_steps=100")
-        try: out[key] = json.loads(value)
-        except json.JSONDecodeError: out[key] = value
-    return out
-
 def add_train_command(sub) -> None:
     p = sub.add_parser('train', help="train one variant with one seed into its run directory",
-                       description="Train one variant with one seed into runs/<preset>/<variant>/seed<k>/, "
+                       description="Train one variant with one seed into runs/<study>/<variant>/seed<k>/, "
                                    "resuming from its checkpoint if it has one.")
     add_preset_argument(p)
-    p.add_argument('--variant', required=True, choices=list(VARIANTS))
+    p.add_argument('--variant', required=True, help="one of the study's variants")
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='FIELD=VALUE',
-                   help="override a TrainConfig field, e.g. --set max_steps=100 (repeatable)")
     p.add_argument('--runs-dir', type=Path, default=None, help="where run directories go (default: runs/)")
     p.add_argument('--until', type=int, default=None, metavar='STEP',
                    help="stop after this step's checkpoint; run again to continue")
@@ -100,9 +115,10 @@ def add_train_command(sub) -> None:
     p.set_defaults(run=run_train)
 
 def run_train(args) -> int:
-    out = run_dir(args.preset, args.variant, args.seed, args.runs_dir)
-    summary = train(args.preset, args.variant, args.seed, parse_overrides(args.overrides), out,
-                    progress=not args.quiet, until=args.until)
+    study = study_from_args(args)
+    check_variants(study, [args.variant])
+    out = run_dir(study.name, args.variant, args.seed, args.runs_dir)
+    summary = train(study, args.variant, args.seed, out_dir=out, progress=not args.quiet, until=args.until)
     if summary is None: print(f"stopped after step {args.until}; checkpoint in {out}")
     else: print(f"{out}: best val loss {summary['best_val_loss']:.4f} ({summary['best_val_bpb']:.4f} bits/byte) "
                 f"at step {summary['best_step']}, {summary['tokens']:,} tokens, {summary['wall_time_s']:.0f} s")
@@ -113,7 +129,7 @@ def add_bench_command(sub) -> None:
     p = sub.add_parser('bench', help="train-step throughput: MoE vs dense_active, and fraction of peak FLOP/s",
                        description="Measure the device's matmul peak and the train-step time of dense_active and "
                                    "moe in one run; print the ratio and the achieved fractions of the peak.")
-    add_preset_argument(p, None, "shape to measure (default: cpu on a CPU, tinystories on a GPU)")
+    add_preset_argument(p, None, changes=False)   # default: cpu on a CPU, tinystories on a GPU
     p.add_argument('--steps', type=int, default=20, help="timed steps per model (default: 20)")
     p.add_argument('--threads', type=int, default=None,
                    help="CPU threads to measure with (default: those a training run of the preset uses)")
@@ -131,9 +147,8 @@ def add_study_command(sub) -> None:
                        description="Execute nbs/train.ipynb for every variant and seed that is not complete, "
                                    "then render report/<preset>/index.html and results.json.")
     add_preset_argument(p)
-    p.add_argument('--variants', nargs='+', choices=list(VARIANTS), metavar='VARIANT',
-                   help=f"variants (default: {' '.join(VARIANTS)})")
-    p.add_argument('--seeds', nargs='+', type=int, default=list(DEFAULT_SEEDS), help="seeds (default: 0 1 2)")
+    p.add_argument('--variants', nargs='+', metavar='VARIANT', help="variants (default: all the study declares)")
+    p.add_argument('--seeds', nargs='+', type=int, default=None, help="seeds (default: the study's)")
     p.add_argument('--runs-dir', type=Path, default=None, help="where run directories go (default: runs/)")
     p.add_argument('--report-dir', type=Path, default=None, help="where reports go (default: report/)")
     p.add_argument('--jobs', type=int, default=None,
@@ -141,7 +156,9 @@ def add_study_command(sub) -> None:
     p.set_defaults(run=run_study_command)
 
 def run_study_command(args) -> int:
-    outcome = run_study(args.preset, args.variants, args.seeds, args.runs_dir, args.report_dir, jobs=args.jobs)
+    study = study_from_args(args)
+    check_variants(study, args.variants)
+    outcome = run_study(study, args.variants, args.seeds, args.runs_dir, args.report_dir, jobs=args.jobs)
     done = sum(r.status == 'complete' for r in outcome.runs)
     print(f"{len(outcome.executed)} run(s) executed, {done} already complete, {len(outcome.failed)} failed")
     if outcome.report_error:

@@ -8,28 +8,21 @@ import json, math
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .config import VARIANTS
-from .trainer import flatten, read_metrics, runs_root
+from .config import Preset, get_preset
+from .params import variant_config
+from .trainer import config_drift, flatten, read_metrics, runs_root
 
 # %% auto #0
-__all__ = ['PUBLISHED', 'GAPS', 'T_975', 'AUDIT_FIELDS', 'PALETTE', 'published_gap', 'load_runs', 'load_metrics', 'load_configs',
-           't_975', 'mean_std_ci', 'fmt', 'variant_results', 'paired_gaps', 'val_curves', 'gap_curves',
-           'routing_curves', 'throughput', 'fairness_audit', 'UnfairComparison', 'require_fair', 'study_results',
-           'plot_loss_curves', 'plot_gap_curves', 'plot_routing']
-
-# %% ../nbs/07_analysis.ipynb #c6e44d0d
-PUBLISHED = {'dense_active': (1.6545, 0.0012), 'moe': (1.5788, 0.0020), 'dense_total': (1.5608, 0.0025)}
-GAPS = {'matched_active': ('dense_active', 'moe'), 'matched_total': ('moe', 'dense_total')}   # gap = a - b
-
-def published_gap(name: str) -> float:
-    a, b = GAPS[name]
-    return PUBLISHED[a][0] - PUBLISHED[b][0]
+__all__ = ['T_975', 'AUDIT_FIELDS', 'BASE_COLOURS', 'load_runs', 'load_metrics', 'load_configs', 't_975', 'mean_std_ci', 'fmt',
+           'variant_results', 'paired_gaps', 'val_curves', 'gap_curves', 'routing_curves', 'throughput',
+           'fairness_audit', 'UnfairComparison', 'require_fair', 'study_results', 'palette', 'plot_loss_curves',
+           'plot_gap_curves', 'plot_routing']
 
 # %% ../nbs/07_analysis.ipynb #ec9ec126
-def load_runs(preset: str, root: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
-    """Every run directory of `preset`: a DataFrame of complete runs (one row per run: variant, seed, the
-    summary's fields, the path) and a list of incomplete ones ({'variant', 'seed', 'path', 'reason'})."""
-    base = Path(root or runs_root()) / preset
+def load_runs(study: str, root: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """Every run directory of the study named `study`: a DataFrame of complete runs (one row per run: variant,
+    seed, the summary's fields, the path) and a list of incomplete ones ({'variant', 'seed', 'path', 'reason'})."""
+    base = Path(root or runs_root()) / study
     rows, incomplete = [], []
     for run in sorted(base.glob('*/seed*')):
         variant, seed = run.parent.name, int(run.name.removeprefix('seed'))
@@ -71,36 +64,37 @@ def fmt(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
 
 # %% ../nbs/07_analysis.ipynb #02b3f176
-def variant_results(runs: pd.DataFrame) -> dict:
-    "Per variant: seeds, best validation losses and bits per byte, mean ± std."
+def variant_results(runs: pd.DataFrame, order: list[str] = ()) -> dict:
+    "Per variant (in `order`, then any others): seeds, best validation losses and bits per byte, mean ± std."
+    present = set(runs.variant)
     out = {}
-    for variant in [v for v in VARIANTS if v in set(runs.variant)] + sorted(set(runs.variant) - set(VARIANTS)):
+    for variant in [v for v in order if v in present] + sorted(present - set(order)):
         r = runs[runs.variant == variant].sort_values('seed')
         out[variant] = {'seeds': r.seed.tolist(), 'best_val_loss': r.best_val_loss.tolist(),
                         'best_val_bpb': r.best_val_bpb.tolist(), 'loss': mean_std_ci(r.best_val_loss),
                         'bpb': mean_std_ci(r.best_val_bpb)}
     return out
 
-def paired_gaps(runs: pd.DataFrame) -> dict:
-    "Per gap: the seeds both variants completed, the per-seed gaps, mean ± std and the 95% interval."
+def paired_gaps(runs: pd.DataFrame, study: Preset) -> dict:
+    "Per declared comparison: the seeds both variants completed, the per-seed gaps, mean ± std and the 95% interval."
     best = runs.pivot_table(index='seed', columns='variant', values='best_val_loss')
     out = {}
-    for name, (a, b) in GAPS.items():
-        if a not in best or b not in best: continue
-        g = (best[a] - best[b]).dropna()
-        out[name] = {'minuend': a, 'subtrahend': b, 'seeds': g.index.tolist(), 'values': g.tolist(),
-                     **mean_std_ci(g), 'published': published_gap(name)}
+    for g in study.comparisons:
+        if g.a not in best or g.b not in best: continue
+        d = (best[g.a] - best[g.b]).dropna()
+        out[g.name] = {'minuend': g.a, 'subtrahend': g.b, 'positive': g.positive, 'seeds': d.index.tolist(),
+                       'values': d.tolist(), **mean_std_ci(d), 'published': study.published_gap(g)}
     return out
 
 # %% ../nbs/07_analysis.ipynb #bc0e8f9c
 def val_curves(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics[metrics.split == 'val'][['variant', 'seed', 'step', 'tokens', 'loss', 'bpb']].reset_index(drop=True)
 
-def gap_curves(metrics: pd.DataFrame) -> pd.DataFrame:
-    "Columns: gap, step, tokens, seed, value — one row per gap, evaluation step and seed."
+def gap_curves(metrics: pd.DataFrame, study: Preset) -> pd.DataFrame:
+    "Columns: gap, step, tokens, seed, value — one row per declared gap, evaluation step and seed."
     wide = val_curves(metrics).pivot_table(index=['step', 'tokens', 'seed'], columns='variant', values='loss')
-    frames = [pd.DataFrame({'gap': name, 'value': wide[a] - wide[b]}).reset_index()
-              for name, (a, b) in GAPS.items() if a in wide and b in wide]
+    frames = [pd.DataFrame({'gap': g.name, 'value': wide[g.a] - wide[g.b]}).reset_index()
+              for g in study.comparisons if g.a in wide and g.b in wide]
     return pd.concat(frames, ignore_index=True).dropna() if frames else pd.DataFrame(columns=['gap', 'step', 'tokens', 'seed', 'value'])
 
 def routing_curves(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -111,25 +105,32 @@ def routing_curves(metrics: pd.DataFrame) -> pd.DataFrame:
                           'expert': e, 'load': load, **{k: d[k] for k in ('max_vio', 'entropy', 'z', 'drop_rate')}}
                          for r in rows.itertuples() for i, d in enumerate(r.routing) for e, load in enumerate(d['load'])])
 
-def throughput(metrics: pd.DataFrame, configs: dict) -> pd.DataFrame:
+def throughput(metrics: pd.DataFrame, configs: dict, order: list[str] = ()) -> pd.DataFrame:
     "Per variant: mean tokens/s and MFU over train records (each run's first record, which includes warm-up, left out)."
     t = metrics[metrics.split == 'train']
     t = t[t.groupby(['variant', 'seed']).step.transform('min') != t.step]
     out = t.groupby('variant').agg(tokens_per_s=('tokens_per_s', 'mean'), mfu=('mfu', 'mean'))
     out['device'] = [next(c['device'] for (v, _), c in configs.items() if v == variant) for variant in out.index]
-    return out.reindex([v for v in VARIANTS if v in out.index])
+    return out.reindex([v for v in order if v in out.index] + sorted(set(out.index) - set(order)))
 
 # %% ../nbs/07_analysis.ipynb #07e82d38
-AUDIT_FIELDS = {
-    'tokenizer': 'identity.tokenizer_sha256',
-    'data': 'identity.data_sha256',
-    'token budget': ('identity.steps', 'tokens_per_step'),
-    'batch order': ('identity.data_sha256', 'identity.train.batch_size', 'identity.train.seq_len', 'tokens_per_step'),
-    'optimizer and schedule': 'identity.train',
-    'depth': 'identity.model.n_layers',
-    'context': 'identity.model.context_len',
-    'vocabulary': 'identity.model.vocab_size',
-    'eval set': ('identity.data.eval_tokens', 'identity.data_sha256'),
+def _keeps(field: str):
+    "Applies to the runs of variants whose declaration does not change the model field `field`."
+    return lambda study, variant: field not in study.variant(variant).overrides
+
+def _budget(rule: str): return lambda study, variant: study.variant(variant).budget == rule
+
+AUDIT_FIELDS = {            # check: (the config.json field(s) every run must share, which runs it applies to)
+    'tokenizer': ('identity.tokenizer_sha256', None),
+    'data': ('identity.data_sha256', None),
+    'token budget': (('identity.steps', 'tokens_per_step'), _budget('tokens')),
+    'compute budget': ('identity.budget', _budget('compute')),
+    'batch order': (('identity.data_sha256', 'identity.train.batch_size', 'identity.train.seq_len', 'tokens_per_step'), None),
+    'optimizer and schedule': ('identity.train', None),
+    'depth': ('identity.model.n_layers', _keeps('n_layers')),
+    'context': ('identity.model.context_len', _keeps('context_len')),
+    'vocabulary': ('identity.model.vocab_size', _keeps('vocab_size')),
+    'eval set': (('identity.data.eval_tokens', 'identity.data_sha256'), None),
 }
 
 def _value(config: dict, field) -> str:
@@ -138,13 +139,27 @@ def _value(config: dict, field) -> str:
     if field in flat: return str(flat[field])
     return json.dumps({k.removeprefix(field + '.'): v for k, v in flat.items() if k.startswith(field + '.')}, sort_keys=True)
 
-def fairness_audit(configs: dict[tuple[str, int], dict]) -> pd.DataFrame:
-    "One row per check: whether all runs agree, and the distinct values seen."
+def _per_run_problems(configs: dict, study: Preset) -> dict[str, list[str]]:
+    "The checks of each run alone: the seed its directory names, and the model its variant declares."
+    seeds, models = [], []
+    for (variant, seed), c in configs.items():
+        if c['identity']['seed'] != seed: seeds.append(f"{variant}/seed{seed} was trained with seed {c['identity']['seed']}")
+        try: drift = config_drift(variant_config(study, variant).to_dict(), c['identity']['model'])
+        except ValueError: drift = [f"variant {variant!r} is not declared"]
+        if drift: models.append(f"{variant}/seed{seed}: " + '; '.join(drift))
+    return {'seed pairing': seeds, 'model as declared': models}
+
+def fairness_audit(configs: dict[tuple[str, int], dict], study: Preset) -> pd.DataFrame:
+    "One row per check: whether the runs it applies to agree, and the distinct values seen (or what is wrong)."
     rows = []
-    for check, field in AUDIT_FIELDS.items():
-        values = sorted({_value(c, field) for c in configs.values()})
+    for check, (field, applies) in AUDIT_FIELDS.items():
+        runs = [c for (v, _), c in configs.items() if applies is None or (v in study.variant_names and applies(study, v))]
+        if not runs: continue
+        values = sorted({_value(c, field) for c in runs})
         rows.append({'check': check, 'ok': len(values) == 1, 'values': values[0] if len(values) == 1 else values})
-    return pd.DataFrame(rows)
+    for check, problems in _per_run_problems(configs, study).items():
+        rows.append({'check': check, 'ok': not problems, 'values': problems or 'every run'})
+    return pd.DataFrame(rows, columns=['check', 'ok', 'values'])
 
 class UnfairComparison(ValueError): pass
 
@@ -156,15 +171,20 @@ def require_fair(audit: pd.DataFrame) -> None:
                                "; ".join(f"{r.check} ({r.values})" for r in bad.itertuples()))
 
 # %% ../nbs/07_analysis.ipynb #00ec65e1
-def study_results(preset: str, root: Path | None = None, failed: list[dict] | None = None) -> dict:
-    runs, incomplete = load_runs(preset, root)
-    audit = fairness_audit(load_configs(runs)) if len(runs) else pd.DataFrame(columns=['check', 'ok', 'values'])
-    return {'preset': preset, 'std': 'sample standard deviation over seeds (ddof=1)',
+def study_results(study: Preset | str, root: Path | None = None, failed: list[dict] | None = None) -> dict:
+    study = get_preset(study) if isinstance(study, str) else study
+    runs, incomplete = load_runs(study.name, root)
+    audit = fairness_audit(load_configs(runs), study) if len(runs) else pd.DataFrame(columns=['check', 'ok', 'values'])
+    return {'preset': study.name, 'base': study.base, 'overrides': study.overrides,
+            'seeds': list(study.seeds), 'design_seeds': list(study.design_seeds),
+            'std': 'sample standard deviation over seeds (ddof=1)',
             'interval': '95% Student-t interval of the mean over seeds',
-            'variants': variant_results(runs) if len(runs) else {},
-            'gaps': paired_gaps(runs) if len(runs) else {},
-            'published': {'variants': {v: {'mean': m, 'std': s} for v, (m, s) in PUBLISHED.items()},
-                          'gaps': {g: published_gap(g) for g in GAPS}},
+            'variants': variant_results(runs, study.variant_names) if len(runs) else {},
+            'gaps': paired_gaps(runs, study) if len(runs) else {},
+            'published': {'source': study.published_source,
+                          'variants': {v: {'mean': m, 'std': s} for v, (m, s) in study.published.items()},
+                          'gaps': {g.name: study.published_gap(g) for g in study.comparisons
+                                   if study.published_gap(g) is not None}},
             'fair': bool(audit.ok.all()), 'audit': audit.to_dict('records'),
             'incomplete': incomplete, 'failed': failed or []}
 
@@ -172,33 +192,47 @@ def study_results(preset: str, root: Path | None = None, failed: list[dict] | No
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-PALETTE = {'moe': '#d1495b', 'dense_active': '#00798c', 'dense_total': '#edae49'}
+BASE_COLOURS = ('#d1495b', '#00798c', '#edae49')
 
-def plot_loss_curves(metrics: pd.DataFrame):
+def palette(variants: list[str]) -> dict[str, str]:
+    "A distinct colour per variant, in the order given."
+    extra = [c for c in sns.color_palette('deep', len(variants)).as_hex() if c not in BASE_COLOURS]
+    return dict(zip(variants, [*BASE_COLOURS, *extra]))
+
+def plot_loss_curves(metrics: pd.DataFrame, order: list[str] = ()):
     v = val_curves(metrics)
     v = v[v.step > 0]
+    names = [x for x in order if x in set(v.variant)] + sorted(set(v.variant) - set(order))
     fig, ax = plt.subplots(1, 2, figsize=(12, 4))
     for i, (d, title) in enumerate(((v, 'validation loss'), (v[v.tokens >= v.tokens.max() / 3], 'validation loss, last two thirds'))):
-        sns.lineplot(d, x='tokens', y='loss', hue='variant', errorbar=('pi', 100), palette=PALETTE, ax=ax[i])
+        sns.lineplot(d, x='tokens', y='loss', hue='variant', hue_order=names, errorbar=('pi', 100),
+                     palette=palette(names), ax=ax[i])
         ax[i].set(title=f"{title} (mean over seeds, band: min–max)", ylabel='nats / token')
     fig.tight_layout()
     return fig
 
-def plot_gap_curves(metrics: pd.DataFrame):
-    g = gap_curves(metrics)
+def plot_gap_curves(metrics: pd.DataFrame, study: Preset):
+    "One panel per declared comparison: the gap over training, mean over seeds with the min–max band."
+    g = gap_curves(metrics, study)
     g = g[g.step > 0]
-    fig, ax = plt.subplots(1, 2, figsize=(12, 3.8), sharex=True)
-    for i, name in enumerate(GAPS):
-        d = g[g.gap == name]
-        sns.lineplot(d, x='tokens', y='value', errorbar=('pi', 100), ax=ax[i], color='#30638e')
-        ax[i].axhline(0, color='grey', lw=0.8)
-        ax[i].axhline(published_gap(name), color='grey', ls='--', lw=0.8, label='seed study (final)')
-        a, b = GAPS[name]
-        ax[i].set(title=f"{name}: {a} − {b}", ylabel='nats / token'); ax[i].legend()
+    shown = [c for c in study.comparisons if c.name in set(g.gap)]
+    if not shown: return None
+    cols = min(len(shown), 3)
+    rows = math.ceil(len(shown) / cols)
+    fig, ax = plt.subplots(rows, cols, figsize=(6 * cols if cols > 1 else 7, 3.8 * rows), squeeze=False, sharex=True)
+    for i, c in enumerate(shown):
+        a = ax.flat[i]
+        sns.lineplot(g[g.gap == c.name], x='tokens', y='value', errorbar=('pi', 100), ax=a, color='#30638e')
+        a.axhline(0, color='grey', lw=0.8)
+        published = study.published_gap(c)
+        if published is not None: a.axhline(published, color='grey', ls='--', lw=0.8, label='published (final)'); a.legend()
+        a.set(title=f"{c.name}: {c.a} − {c.b}", ylabel='nats / token')
+    for a in list(ax.flat)[len(shown):]: a.axis('off')
     fig.tight_layout()
     return fig
 
-def plot_routing(metrics: pd.DataFrame):
+def plot_routing(metrics: pd.DataFrame, title: str = ''):
+    "Per-layer expert load, MaxVio, router entropy and z-loss over training, for the MoE runs in `metrics`."
     r = routing_curves(metrics)
     if r.empty: return None
     layers = sorted(r.layer.unique())
@@ -213,5 +247,6 @@ def plot_routing(metrics: pd.DataFrame):
         sns.lineplot(per_layer, x='tokens', y=k, hue='layer', errorbar=None, ax=ax[1, j], palette='crest').set(title=k)
     for j in range(3, ax.shape[1]): ax[1, j].axis('off')
     for j in range(len(layers), ax.shape[1]): ax[0, j].axis('off')
+    if title: fig.suptitle(title, x=0.01, ha='left', fontweight='bold')
     fig.tight_layout()
     return fig

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 import torch
-from .config import ModelConfig, Preset, ConfigError, get_preset, get_variant, VARIANTS
+from .config import ModelConfig, Preset, ConfigError, get_preset
 
 # %% auto #0
 __all__ = ['MATCH_QUANTITIES', 'ParamCounts', 'count_params', 'count_module_params', 'meta_decoder', 'flops_per_token', 'Match',
@@ -115,24 +115,29 @@ def match_dense(ref: ModelConfig, target: str, resize: str = 'ffn', multiple: in
     return Match(cfg, target, 'd_ff' if resize == 'ffn' else 'd_model', goal, n, 100 * (n - goal) / goal)
 
 # %% ../nbs/04_params.ipynb #ed1a4219
+def _preset(preset: Preset | str) -> Preset: return get_preset(preset) if isinstance(preset, str) else preset
+
 def variant_match(preset: Preset | str, variant: str) -> Match | None:
-    "The solver's match for a dense variant of `preset`; None for the MoE reference."
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    v = get_variant(variant)
+    "The solver's match for a matched variant of `preset`; None for a variant that is not matched."
+    preset = _preset(preset)
+    v = preset.variant(variant)
     if v.match is None: return None
-    return match_dense(preset.model, v.match, preset.match_resize, preset.match_multiple)
+    return match_dense(preset.model.replace(**v.overrides), v.match, v.resize, preset.match_multiple)
 
 def variant_config(preset: Preset | str, variant: str) -> ModelConfig:
-    "The model config of `variant` in `preset`, derived by the solver for dense variants."
-    preset = get_preset(preset) if isinstance(preset, str) else preset
+    "The model config of `variant` in `preset`: the reference with its overrides, then matched if it is matched."
+    preset = _preset(preset)
     m = variant_match(preset, variant)
-    return preset.model if m is None else m.config
+    return preset.model.replace(**preset.variant(variant).overrides) if m is None else m.config
 
 def variant_row(preset: Preset | str, variant: str) -> dict:
     "One variant's sizes: the keys of `python -m moe_study params --json`."
+    preset = _preset(preset)
     cfg, m = variant_config(preset, variant), variant_match(preset, variant)
     c = count_params(cfg)
-    return {'variant': variant, 'params_total': c.total, 'params_active': c.active,
+    return {'variant': variant, 'rule': preset.variant(variant).rule, 'ffn': cfg.ffn,
+            'n_experts': cfg.n_experts if cfg.is_moe else None, 'top_k': cfg.top_k if cfg.is_moe else None,
+            'params_total': c.total, 'params_active': c.active,
             'params_embedding': c.embedding, 'params_total_nonembedding': c.total_nonembedding,
             'params_active_nonembedding': c.active_nonembedding, 'flops_per_token': flops_per_token(cfg),
             'd_model': cfg.d_model, 'd_ff': cfg.d_expert if cfg.is_moe else cfg.d_ff,
@@ -140,15 +145,18 @@ def variant_row(preset: Preset | str, variant: str) -> dict:
             'residual_pct': None if m is None else round(m.residual_pct, 4)}
 
 def variant_table(preset: Preset | str, variants: list[str] | None = None) -> list[dict]:
-    return [variant_row(preset, v) for v in (variants or list(VARIANTS))]
+    "`variant_row` of each of `variants` (default: every declared variant, in declaration order)."
+    preset = _preset(preset)
+    return [variant_row(preset, v) for v in (variants or preset.variant_names)]
 
 # %% ../nbs/04_params.ipynb #5bdad3a9
 def format_param_table(rows: list[dict]) -> str:
     "A fixed-width text table of `variant_table` rows."
-    header = f"{'variant':<14}{'total':>12}{'active':>12}{'embedding':>11}{'d_model':>9}{'d_ff':>7}{'GFLOP/tok':>11}  matched (residual)"
+    w = max(14, *(len(r['variant']) + 2 for r in rows))
+    header = f"{'variant':<{w}}{'total':>12}{'active':>12}{'embedding':>11}{'d_model':>9}{'d_ff':>7}{'GFLOP/tok':>11}  rule (residual)"
     lines = [header, '-' * len(header)]
     for r in rows:
-        matched = '(reference)' if r['matched_to'] is None else f"{r['matched_to']} ({r['residual_pct']:+.3f}%)"
-        lines.append(f"{r['variant']:<14}{r['params_total']:>12,}{r['params_active']:>12,}{r['params_embedding']:>11,}"
-                     f"{r['d_model']:>9}{r['d_ff']:>7}{r['flops_per_token'] / 1e9:>11.4f}  {matched}")
+        rule = r['rule'] + ('' if r['matched_to'] is None else f" ({r['residual_pct']:+.3f}%)")
+        lines.append(f"{r['variant']:<{w}}{r['params_total']:>12,}{r['params_active']:>12,}{r['params_embedding']:>11,}"
+                     f"{r['d_model']:>9}{r['d_ff']:>7}{r['flops_per_token'] / 1e9:>11.4f}  {rule}")
     return '\n'.join(lines)

@@ -9,34 +9,43 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from tqdm import tqdm
-from .config import VARIANTS, ConfigError, get_preset, get_variant, project_root
+from .config import ConfigError, PRESETS, Preset, get_preset, preset_to_dict, project_root
 from .analysis import study_results
 from .data import write_json_atomic
 from .params import flops_per_token, variant_config
 from .trainer import run_dir, run_threads, runs_root
 
 # %% auto #0
-__all__ = ['DEFAULT_SEEDS', 'notebook', 'run_complete', 'RunFailed', 'execute_run', 'RunOutcome', 'default_jobs', 'sweep',
-           'report_root', 'render_report', 'StudyOutcome', 'run_study']
+__all__ = ['notebook', 'run_complete', 'write_study', 'study_argument', 'RunFailed', 'execute_run', 'RunOutcome', 'default_jobs',
+           'sweep', 'report_root', 'render_report', 'StudyOutcome', 'run_study']
 
 # %% ../nbs/06_study.ipynb #2960596f
-DEFAULT_SEEDS = (0, 1, 2)
-
 def notebook(name: str) -> Path: return project_root() / 'nbs' / name
 
 def run_complete(path: Path) -> bool: return (Path(path) / 'summary.json').exists()
 
+def write_study(study: Preset, root: Path) -> Path:
+    "Write the declaration to <root>/<study>/study.json (atomically) and return its path."
+    path = Path(root) / study.name / 'study.json'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, preset_to_dict(study))
+    return path
+
+def study_argument(study: Preset, root: Path) -> str:
+    "What a papermill notebook's `preset` parameter gets: a shipped preset's name, else its study.json."
+    return study.name if PRESETS.get(study.name) == study else str(Path(root) / study.name / 'study.json')
+
 class RunFailed(RuntimeError):
     "A run's notebook failed; the message is papermill's report, ending with the error the notebook raised."
 
-def execute_run(preset: str, variant: str, seed: int, root: Path) -> Path:
+def execute_run(study: Preset, variant: str, seed: int, root: Path) -> Path:
     """Execute nbs/train.ipynb for one run in its own papermill process (so that runs can execute side by
     side); the executed notebook is saved as <run>/train.ipynb."""
-    out = run_dir(preset, variant, seed, root)
+    out = run_dir(study.name, variant, seed, root)
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, '-m', 'papermill', str(notebook('train.ipynb')), str(out / 'train.ipynb'),
-           '--cwd', str(project_root()), '--no-progress-bar', '-p', 'preset', preset, '-p', 'variant', variant,
-           '-p', 'seed', str(seed), '-p', 'runs_dir', str(root)]
+           '--cwd', str(project_root()), '--no-progress-bar', '-p', 'preset', study_argument(study, root),
+           '-p', 'variant', variant, '-p', 'seed', str(seed), '-p', 'runs_dir', str(root)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0: raise RunFailed(res.stderr.strip() or f"papermill exited with status {res.returncode}")
     return out
@@ -54,38 +63,39 @@ def _error_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return next((l for l in reversed(text) if l.strip()), type(e).__name__)[:500]
 
-def default_jobs(preset: str) -> int:
-    """Runs a sweep executes at once: on a CPU, one per `threads` cores when the preset fixes its runs'
+def default_jobs(study: Preset) -> int:
+    """Runs a sweep executes at once: on a CPU, one per `threads` cores when the study fixes its runs'
     threads; otherwise (a GPU, or threads left to torch) one at a time."""
-    threads = run_threads(get_preset(preset).train)
+    threads = run_threads(study.train)
     return 1 if threads is None else max(1, len(os.sched_getaffinity(0)) // threads)
 
-def sweep(preset: str, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
+def sweep(study: Preset, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
           execute=execute_run, jobs: int | None = None) -> list[RunOutcome]:
-    """Run every variant × seed that is not complete, `jobs` at a time (None: `default_jobs`), the most
-    FLOPs per token first so the last to finish are the short ones; a failure is recorded and the sweep goes on."""
-    get_preset(preset)
+    """Run every variant × seed of `study` (default: all it declares, its default seeds) that is not complete,
+    `jobs` at a time (None: `default_jobs`), the most FLOPs per token first so the last to finish are the
+    short ones; a failure is recorded and the sweep goes on."""
     if jobs is not None and not (isinstance(jobs, int) and jobs > 0):
         raise ConfigError(f"jobs={jobs!r}: must be a positive integer (the number of runs executed at once)")
-    variants = list(variants or VARIANTS)
-    for v in variants: get_variant(v)
-    seeds = list(DEFAULT_SEEDS if seeds is None else seeds)
+    variants = list(variants or study.variant_names)
+    for v in variants: study.variant(v)
+    seeds = list(study.seeds if seeds is None else seeds)
     root = Path(root or runs_root())
+    write_study(study, root)
     todo = [(v, s) for s in seeds for v in variants]
-    paths = {run: run_dir(preset, *run, root) for run in todo}
+    paths = {run: run_dir(study.name, *run, root) for run in todo}
     outcomes = {run: RunOutcome(*run, str(paths[run]), 'complete') for run in todo if run_complete(paths[run])}
-    cost = {v: flops_per_token(variant_config(preset, v)) for v in variants}
+    cost = {v: flops_per_token(variant_config(study, v)) for v in variants}
     pending = sorted((run for run in todo if run not in outcomes), key=lambda run: -cost[run[0]])
 
     def execute_one(run) -> RunOutcome:
         try:
-            execute(preset, *run, root)
+            execute(study, *run, root)
             return RunOutcome(*run, str(paths[run]), 'executed')
         except Exception as e:                      # keep going: the report lists what failed
             return RunOutcome(*run, str(paths[run]), 'failed', _error_line(e))
 
-    with tqdm(total=len(todo), initial=len(outcomes), desc=f"study {preset}", unit='run', disable=not progress) as bar, \
-         ThreadPoolExecutor(jobs or default_jobs(preset)) as pool:
+    with tqdm(total=len(todo), initial=len(outcomes), desc=f"study {study.name}", unit='run', disable=not progress) as bar, \
+         ThreadPoolExecutor(jobs or default_jobs(study)) as pool:
         for future in as_completed([pool.submit(execute_one, run) for run in pending]):
             o = future.result()
             outcomes[(o.variant, o.seed)] = o
@@ -96,20 +106,22 @@ def sweep(preset: str, variants=None, seeds=None, root: Path | None = None, prog
 # %% ../nbs/06_study.ipynb #cd2dbc54
 def report_root() -> Path: return project_root() / 'report'
 
-def render_report(preset: str, runs: Path | None = None, reports: Path | None = None,
+def render_report(study: Preset, runs: Path | None = None, reports: Path | None = None,
                   failed: list[dict] | None = None, force: bool = False) -> tuple[Path, bool]:
-    "Write results.json and render index.html for `preset`; returns (report dir, whether it was rendered)."
+    "Write results.json and render index.html for `study`; returns (report dir, whether it was rendered)."
     import papermill as pm
     from nbconvert import HTMLExporter
-    out = Path(reports or report_root()) / preset
+    runs = Path(runs or runs_root())
+    out = Path(reports or report_root()) / study.name
     out.mkdir(parents=True, exist_ok=True)
-    results = json.loads(json.dumps(study_results(preset, runs, failed), default=str))
+    results = json.loads(json.dumps(study_results(study, runs, failed), default=str))
     previous = out / 'results.json'
     unchanged = previous.exists() and json.loads(previous.read_text()) == results
     if unchanged and (out / 'index.html').exists() and not force: return out, False
     write_json_atomic(previous, results)
+    write_study(study, runs)
     pm.execute_notebook(str(notebook('report.ipynb')), str(out / 'report.ipynb'), cwd=str(project_root()),
-                        parameters={'preset': preset, 'runs_dir': str(runs or runs_root()), 'report_dir': str(out)},
+                        parameters={'preset': study_argument(study, runs), 'runs_dir': str(runs), 'report_dir': str(out)},
                         progress_bar=False)
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     html, _ = exporter.from_filename(str(out / 'report.ipynb'))
@@ -121,7 +133,7 @@ def render_report(preset: str, runs: Path | None = None, reports: Path | None = 
 # %% ../nbs/06_study.ipynb #fceb7dd1
 @dataclass
 class StudyOutcome:
-    preset: str
+    study: str
     runs: list[RunOutcome]
     report: Path
     rendered: bool
@@ -132,13 +144,13 @@ class StudyOutcome:
     @property
     def executed(self) -> list[RunOutcome]: return [r for r in self.runs if r.status == 'executed']
 
-def run_study(preset: str, variants=None, seeds=None, runs: Path | None = None, reports: Path | None = None,
+def run_study(study: Preset, variants=None, seeds=None, runs: Path | None = None, reports: Path | None = None,
               progress: bool = True, jobs: int | None = None) -> StudyOutcome:
     "Sweep, then render the report (re-rendered only when something changed)."
-    outcomes = sweep(preset, variants, seeds, runs, progress, jobs=jobs)
+    outcomes = sweep(study, variants, seeds, runs, progress, jobs=jobs)
     failed = [{'variant': o.variant, 'seed': o.seed, 'path': o.path, 'error': o.error} for o in outcomes if o.status == 'failed']
     try:
-        report, rendered = render_report(preset, runs, reports, failed)
-        return StudyOutcome(preset, outcomes, report, rendered)
+        report, rendered = render_report(study, runs, reports, failed)
+        return StudyOutcome(study.name, outcomes, report, rendered)
     except Exception as e:                          # the runs stay; the reason is reported, not a traceback
-        return StudyOutcome(preset, outcomes, Path(reports or report_root()) / preset, False, _error_line(e))
+        return StudyOutcome(study.name, outcomes, Path(reports or report_root()) / study.name, False, _error_line(e))

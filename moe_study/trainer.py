@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 import moe_study
-from .config import ConfigError, ModelConfig, Preset, TrainConfig, VARIANTS, get_preset, project_root
+from .config import ConfigError, ModelConfig, Preset, TrainConfig, get_preset, project_root, study_with
 from .data import BatchSampler, TokenCache, load_data, val_batches, write_json_atomic
 from .model import Decoder
-from .params import count_params, flops_per_token, variant_config, variant_match
+from .params import count_params, flops_per_token, match_dense, variant_config, variant_match
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'TIMING_FIELDS', 'TrainingError', 'make_optimizer', 'lr_at', 'resolve_device', 'autocast',
@@ -30,13 +30,12 @@ class TrainingError(RuntimeError):
     "A run cannot go on (diverged loss, unreadable checkpoint, a resume with another config); the message says what to do."
 
 # %% ../nbs/05_trainer.ipynb #bbbc1f00
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     "AdamW with weight decay on matrices only."
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{'params': [p for p in params if p.ndim >= 2], 'weight_decay': cfg.weight_decay},
               {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
-                             fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True)
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     "Linear warmup to `lr`, then cosine decay to `lr · min_lr_ratio` at `total_steps`."
@@ -105,8 +104,8 @@ def evaluate(model: torch.nn.Module, data: TokenCache, seq_len: int, batch_size:
         x, y = x.to(device), y.to(device)
         with autocast(device, dtype):
             logits = model(x).logits
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='sum').double()
-        count += y.numel()
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction='sum').double()
+        count += int((y != -1).sum())
     model.train(was_training)
     loss = (total / count).item()
     return {'loss': loss, 'bpb': loss / math.log(2) / data.bytes_per_token('val'), 'tokens': count}
@@ -114,9 +113,9 @@ def evaluate(model: torch.nn.Module, data: TokenCache, seq_len: int, batch_size:
 # %% ../nbs/05_trainer.ipynb #b389e60d
 def runs_root() -> Path: return project_root() / 'runs'
 
-def run_dir(preset: str, variant: str, seed: int, root: Path | None = None) -> Path:
-    "runs/<preset>/<variant>/seed<k>/"
-    return Path(root or runs_root()) / preset / variant / f"seed{seed}"
+def run_dir(study: str, variant: str, seed: int, root: Path | None = None) -> Path:
+    "runs/<study>/<variant>/seed<k>/"
+    return Path(root or runs_root()) / study / variant / f"seed{seed}"
 
 def git_commit() -> str | None:
     try:
@@ -187,41 +186,52 @@ TIMING_FIELDS = ('tokens_per_s', 'mfu', 'elapsed_s')
 @dataclass(frozen=True)
 class RunSpec:
     "Everything that defines a run, resolved."
-    preset: Preset
+    preset: Preset              # the study (a user's overrides already applied)
     variant: str
     seed: int
     model: ModelConfig
     train: TrainConfig
 
-def resolve_run(preset: Preset | str, variant: str, seed: int, overrides: dict | None = None,
-                model: ModelConfig | None = None) -> RunSpec:
-    """The run of `variant` in `preset` with `seed`; `overrides` replaces TrainConfig fields. `model` trains
-    that config instead of a registered variant's, under the label `variant` (for experiments)."""
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    if model is None: model = variant_config(preset, variant)
-    if not (isinstance(seed, int) and seed >= 0): raise ConfigError(f"seed={seed!r}: must be an integer >= 0")
-    return RunSpec(preset, variant, seed, model, preset.train.replace(**(overrides or {})))
+def resolve_run(preset: Preset | str, variant: str, seed: int, data: str | None = None,
+                overrides: dict | None = None) -> RunSpec:
+    "The run of `variant` with `seed` in `preset`, changed by a user's `data` and `overrides` (see `study_with`)."
+    study = study_with(preset, data, overrides)
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise ConfigError(f"seed={seed!r}: must be an integer >= 0")
+    return RunSpec(study, variant, seed, variant_config(study, variant), study.train)
 
-def total_steps(cfg: TrainConfig, sampler: BatchSampler) -> int:
-    return cfg.max_steps or max(1, int(cfg.epochs * sampler.n_windows) // cfg.batch_size)
+def total_steps(spec: RunSpec, sampler: BatchSampler) -> int:
+    """The steps of the run: the recipe's (`max_steps`, or `epochs` over the training split); for a variant
+    with a `compute` budget, as many as the reference's training FLOPs buy at this variant's FLOPs per token."""
+    cfg = spec.train
+    steps = cfg.max_steps or max(1, int(cfg.epochs * sampler.n_windows) // cfg.batch_size)
+    if spec.preset.variant(spec.variant).budget == 'compute':
+        steps = max(1, round(steps * flops_per_token(spec.preset.model) / flops_per_token(spec.model)))
+    return steps
 
 def run_identity(spec: RunSpec, data: TokenCache, steps: int) -> dict:
-    return {'preset': spec.preset.name, 'variant': spec.variant, 'seed': spec.seed, 'model': spec.model.to_dict(),
-            'train': spec.train.to_dict(), 'steps': steps, 'data': spec.preset.data.to_dict(),
-            'tokenizer_sha256': data.tokenizer_hash, 'data_sha256': data.data_hash}
+    "What a run is: a resume, and a finished run's reuse, must match it exactly."
+    identity = {'preset': spec.preset.name, 'variant': spec.variant, 'seed': spec.seed, 'model': spec.model.to_dict(),
+                'train': spec.train.to_dict(), 'steps': steps, 'data': spec.preset.data.to_dict(),
+                'tokenizer_sha256': data.tokenizer_hash, 'data_sha256': data.data_hash}
+    budget = spec.preset.variant(spec.variant).budget
+    if budget != 'tokens':      # the reference's training FLOPs, which every `compute` variant spends
+        identity['budget'] = {'rule': budget, 'reference_flops_per_token': flops_per_token(spec.preset.model)}
+    return identity
 
 def describe_run(spec: RunSpec, data: TokenCache, identity: dict, device, dtype, peak: tuple[float, str]) -> dict:
     "config.json: the identity plus what it implies and where it ran."
     c = count_params(spec.model)
-    registered = spec.variant in VARIANTS and spec.model == variant_config(spec.preset, spec.variant)
-    match = variant_match(spec.preset, spec.variant) if registered else None
-    return {'identity': identity,
+    match = variant_match(spec.preset, spec.variant)
+    tokens_per_step = spec.train.batch_size * (spec.train.seq_len or spec.model.context_len)
+    return {'identity': identity, 'rule': spec.preset.variant(spec.variant).rule,
             'params': {'total': c.total, 'active': c.active, 'embedding': c.embedding,
                        'total_nonembedding': c.total_nonembedding, 'active_nonembedding': c.active_nonembedding,
                        'breakdown': c.breakdown},
             'flops_per_token': flops_per_token(spec.model),
+            'train_flops': flops_per_token(spec.model) * tokens_per_step * identity['steps'],
             'matched_to': match and match.matched_to, 'match_residual_pct': match and match.residual_pct,
-            'tokens_per_step': spec.train.batch_size * (spec.train.seq_len or spec.model.context_len),
+            'tokens_per_step': tokens_per_step,
             'data_manifest': {k: data.manifest[k] for k in ('key', 'source', 'splits')},
             'device': str(device), 'dtype': str(dtype).removeprefix('torch.'),
             'peak_flops': peak[0], 'peak_flops_source': peak[1],
@@ -244,19 +254,39 @@ def sample_stories(model: Decoder, data: TokenCache, n_tokens: int, device, seed
     return out
 
 # %% ../nbs/05_trainer.ipynb #85709ead
-def train(preset: Preset | str, variant: str, seed: int = 0, overrides: dict | None = None,
-          out_dir: Path | None = None, progress: bool = True, until: int | None = None,
-          model: ModelConfig | None = None) -> dict | None:
-    """Train one variant with one seed into its run directory, resuming from its checkpoint if it has one.
-    Returns the summary; with `until`, stops after that step's checkpoint and returns None (call again to go on).
-    `model` trains another model config with the preset's recipe (an experiment outside the variant registry)."""
-    spec = resolve_run(preset, variant, seed, overrides, model)
-    with cpu_threads(run_threads(spec.train)):
-        return _train(spec, out_dir, progress, until)
-
-def _train(spec: RunSpec, out_dir: Path | None, progress: bool, until: int | None) -> dict | None:
-    variant, seed = spec.variant, spec.seed
+def train(preset: Preset | str, variant: str, seed: int = 0, *, data: str | None = None, overrides: dict | None = None,
+          out_dir: Path | None = None, progress: bool = True, until: int | None = None) -> dict | None:
+    """Train one variant of a study with one seed into its run directory, resuming from its checkpoint if it
+    has one. `data` and `overrides` change the study (a new identity, see `study_with`). Returns the summary;
+    with `until`, stops after that step's checkpoint and returns None (call again to go on)."""
+    spec = resolve_run(preset, variant, seed, data, overrides)
     out = Path(out_dir) if out_dir is not None else run_dir(spec.preset.name, variant, seed)
+    with cpu_threads(run_threads(spec.train)):
+        return _train(spec, out, progress, until)
+
+def _resume(ckpt_path: Path, out: Path, identity: dict, model, optimizer, device) -> tuple[int, dict | None, float]:
+    "Load the checkpoint into `model` and `optimizer` after checking its identity; (step, best, elapsed)."
+    state = load_checkpoint(ckpt_path, device)
+    drift = config_drift(json.loads(state['identity']), identity)
+    if drift:
+        raise TrainingError(f"refusing to resume {out}: its checkpoint was made with another configuration "
+                            f"({'; '.join(drift)}). Rerun with the original settings, or delete {out} to start over.")
+    model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
+    torch.set_rng_state(state['rng_cpu'])
+    if state['rng_cuda']: torch.cuda.set_rng_state_all(state['rng_cuda'])
+    return state['step'], state['best'], state['elapsed']
+
+def _val_record(model, data, spec: RunSpec, seq_len: int, step: int, device, dtype) -> dict:
+    r = evaluate(model, data, seq_len, spec.train.batch_size, spec.preset.data.eval_tokens, device, dtype)
+    return {'step': step, 'tokens': step * spec.train.batch_size * seq_len, 'split': 'val',
+            'loss': r['loss'], 'bpb': r['bpb'], 'eval_tokens': r['tokens']}
+
+def _better(best: dict | None, rec: dict) -> dict:
+    "The best validation result so far, as checkpoints keep it."
+    if best is not None and rec['loss'] >= best['loss']: return best
+    return {'step': rec['step'], 'loss': rec['loss'], 'bpb': rec['bpb'], 'tokens': rec['eval_tokens']}
+
+def _train(spec: RunSpec, out: Path, progress: bool, until: int | None) -> dict | None:
     if (out / 'summary.json').exists():
         return json.loads((out / 'summary.json').read_text())
     cfg, seq_len = spec.train, spec.train.seq_len or spec.model.context_len
@@ -264,26 +294,19 @@ def _train(spec: RunSpec, out_dir: Path | None, progress: bool, until: int | Non
         raise ConfigError(f"TrainConfig.seq_len={seq_len} exceeds the model's context_len={spec.model.context_len}")
     device, dtype = resolve_device(cfg)
     data = load_data(spec.preset)
-    sampler = BatchSampler(data.tokens('train'), seq_len, cfg.batch_size, seed)
-    steps = total_steps(cfg, sampler)
+    sampler = BatchSampler(data.tokens('train'), seq_len, cfg.batch_size, spec.seed)
+    steps = total_steps(spec, sampler)
     identity = run_identity(spec, data, steps)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / 'checkpoint.pt', out / 'metrics.jsonl'
 
-    torch.manual_seed(seed)
-    model = Decoder(spec.model, seed).to(device)
-    optimizer = make_optimizer(model, cfg, device)
+    # the model, the optimizer and where to start: step 0, or the last checkpoint
+    torch.manual_seed(spec.seed)
+    model = Decoder(spec.model, spec.seed).to(device)
+    optimizer = make_optimizer(model, cfg)
     start, best, elapsed = 0, None, 0.0
     if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, device)
-        drift = config_drift(json.loads(state['identity']), identity)
-        if drift:
-            raise TrainingError(f"refusing to resume {out}: its checkpoint was made with another configuration "
-                                f"({'; '.join(drift)}). Rerun with the original settings, or delete {out} to start over.")
-        model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
-        start, best, elapsed = state['step'], state['best'], state['elapsed']
-        torch.set_rng_state(state['rng_cpu'])
-        if state['rng_cuda']: torch.cuda.set_rng_state_all(state['rng_cuda'])
+        start, best, elapsed = _resume(ckpt_path, out, identity, model, optimizer, device)
         truncate_metrics(metrics_path, start)
     elif metrics_path.exists():
         metrics_path.unlink()                                  # a run that never checkpointed starts over
@@ -291,53 +314,52 @@ def _train(spec: RunSpec, out_dir: Path | None, progress: bool, until: int | Non
     write_json_atomic(out / 'config.json', describe_run(spec, data, identity, device, dtype, peak))
     step_model = torch.compile(model) if cfg.compile else model
     flops_tok, tokens_step = flops_per_token(spec.model), cfg.batch_size * seq_len
-
-    def evaluate_now(step):
-        nonlocal best
-        r = evaluate(model, data, seq_len, cfg.batch_size, spec.preset.data.eval_tokens, device, dtype)
-        if best is None or r['loss'] < best['loss']: best = {'step': step, **r}
-        return {'step': step, 'tokens': step * tokens_step, 'split': 'val', 'loss': r['loss'], 'bpb': r['bpb']}
+    validate = lambda step: _val_record(model, data, spec, seq_len, step, device, dtype)
 
     model.train()
-    bar = tqdm(total=steps, initial=start, desc=f"{spec.preset.name}/{variant}/seed{seed}", unit='step',
+    log = open(metrics_path, 'a')
+    if start == 0:
+        rec = validate(0); best = _better(best, rec); log.write(json.dumps(rec) + '\n')
+    bar = tqdm(total=steps, initial=start, desc=f"{spec.preset.name}/{spec.variant}/seed{spec.seed}", unit='step',
                disable=not progress, mininterval=1.0)
-    with open(metrics_path, 'a') as log:
-        def record(r): log.write(json.dumps(r) + '\n'); log.flush()
-        if start == 0: record(evaluate_now(0))
-        t_last, step_last, run_start = time.perf_counter(), start, time.perf_counter() - elapsed
-        for step in range(start, min(steps, until or steps)):
-            lr = lr_at(step, cfg, steps)
-            x, y = (t.to(device, non_blocking=True) for t in sampler.batch(step))
-            try:
-                o, grad_norm = train_step(model, step_model, optimizer, x, y, lr, cfg.grad_clip, device, dtype)
-            except NonFiniteLoss as e:
-                raise TrainingError(f"{e} at step {step} in {out}; stopped before the weights changed. The last good checkpoint "
-                                    f"({ckpt_path}) is kept; lower TrainConfig.lr or raise warmup_steps, then delete "
-                                    "the run directory and rerun") from None
-            done = step + 1
-            if done % cfg.log_every == 0 or done == steps:
-                now = time.perf_counter()
-                tps = (done - step_last) * tokens_step / (now - t_last)
-                t_last, step_last = now, done
-                rec = {'step': done, 'tokens': done * tokens_step, 'split': 'train', 'loss': o.ce_loss.item(),
-                       'lb_loss': o.lb_loss.item(), 'z_loss': o.z_loss.item(), 'lr': lr,
-                       'grad_norm': grad_norm.item(), 'tokens_per_s': tps, 'mfu': tps * flops_tok / peak[0],
-                       'elapsed_s': now - run_start}
-                if spec.model.is_moe: rec['routing'] = model.routing_diagnostics()
-                record(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-            if done % cfg.eval_every == 0 or done == steps: record(evaluate_now(done))
-            if done % cfg.checkpoint_every == 0 or done in (steps, until):
-                save_checkpoint(ckpt_path, model, optimizer, done, best, time.perf_counter() - run_start, identity)
-            bar.update(1)
-    bar.close()
+    t_last, step_last, run_start = time.perf_counter(), start, time.perf_counter() - elapsed
+    for step in range(start, min(steps, until or steps)):
+        lr = lr_at(step, cfg, steps)
+        x, y = (t.to(device, non_blocking=True) for t in sampler.batch(step))
+        try:
+            o, grad_norm = train_step(model, step_model, optimizer, x, y, lr, cfg.grad_clip, device, dtype)
+        except NonFiniteLoss as e:
+            log.close()
+            raise TrainingError(f"{e} at step {step} in {out}; stopped before the weights changed. The last good checkpoint "
+                                f"({ckpt_path}) is kept; lower TrainConfig.lr or raise warmup_steps, then delete "
+                                "the run directory and rerun") from None
+        done = step + 1
+        if done % cfg.log_every == 0 or done == steps:           # a train record
+            now = time.perf_counter()
+            tps = (done - step_last) * tokens_step / (now - t_last)
+            t_last, step_last = now, done
+            rec = {'step': done, 'tokens': done * tokens_step, 'split': 'train', 'loss': o.ce_loss.item(),
+                   'lb_loss': o.lb_loss.item(), 'z_loss': o.z_loss.item(), 'lr': lr,
+                   'grad_norm': grad_norm.item(), 'tokens_per_s': tps, 'mfu': tps * flops_tok / peak[0],
+                   'elapsed_s': now - run_start}
+            routing = model.routing_diagnostics()
+            if routing: rec['routing'] = routing
+            log.write(json.dumps(rec) + '\n'); log.flush()
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+        if done % cfg.eval_every == 0 or done == steps:          # a val record
+            rec = validate(done); best = _better(best, rec); log.write(json.dumps(rec) + '\n'); log.flush()
+        if done % cfg.checkpoint_every == 0 or done in (steps, until):
+            save_checkpoint(ckpt_path, model, optimizer, done, best, time.perf_counter() - run_start, identity)
+        bar.update(1)
+    log.close(); bar.close()
     if until is not None and until < steps: return None
-    final = [json.loads(l) for l in metrics_path.read_text().splitlines()][-1]
-    summary = {'status': 'complete', 'preset': spec.preset.name, 'variant': variant, 'seed': seed,
+
+    final = read_metrics(out)[-1]
+    summary = {'status': 'complete', 'preset': spec.preset.name, 'variant': spec.variant, 'seed': spec.seed,
                'best_val_loss': best['loss'], 'best_val_bpb': best['bpb'], 'best_step': best['step'],
                'final_val_loss': final['loss'], 'final_val_bpb': final['bpb'],
                'steps': steps, 'tokens': steps * tokens_step, 'wall_time_s': time.perf_counter() - run_start,
-               'samples': sample_stories(model, data, cfg.sample_tokens, device, seed)}
+               'samples': sample_stories(model, data, cfg.sample_tokens, device, spec.seed)}
     write_json_atomic(out / 'summary.json', summary)
     return summary
 
@@ -351,7 +373,8 @@ def read_metrics(run: Path, timing: bool = True) -> list[dict]:
 # %% ../nbs/05_trainer.ipynb #4db475ae
 def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compile: bool | None = None,
               threads: int | None = None) -> dict:
-    """Step-time ratio MoE / dense_active and fractions of the measured peak, measured in one run. On a CPU
+    """Step-time ratio of the study's MoE reference over a dense model matched to its active parameters, and
+    fractions of the measured peak, measured in one run. On a CPU
     with the threads a training run of `preset` computes with (its `threads`), or `threads` when given."""
     device, _ = resolve_device(TrainConfig())
     preset = get_preset(preset or ('tinystories' if device.type == 'cuda' else 'cpu'))
@@ -368,11 +391,13 @@ def _benchmark(preset: Preset, cfg: TrainConfig, device: torch.device, steps: in
     tokens = cfg.batch_size * seq_len
     g = torch.Generator().manual_seed(0)
     runs = {}
-    for variant in ('dense_active', 'moe'):
-        model = Decoder(variant_config(preset, variant)).to(device)
+    reference = preset.model                    # the MoE, and a dense model matched to its active parameters
+    configs = {'dense_active': match_dense(reference, 'active', 'ffn', preset.match_multiple).config, 'moe': reference}
+    for variant, config in configs.items():
+        model = Decoder(config).to(device)
         step_model = torch.compile(model) if compile else model
         batch = torch.randint(0, model.cfg.vocab_size, (cfg.batch_size, seq_len + 1), generator=g).to(device)
-        runs[variant] = [model, step_model, make_optimizer(model, cfg, device), batch, []]
+        runs[variant] = [model, step_model, make_optimizer(model, cfg), batch, []]
     def step(variant):
         model, step_model, opt, batch, times = runs[variant]
         if device.type == 'cuda': torch.cuda.synchronize()
