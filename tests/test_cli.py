@@ -3,7 +3,7 @@ import json, subprocess, sys
 
 import pytest
 
-from moe_study.config import PRESETS, VARIANTS
+from moe_study.config import PRESETS
 from moe_study.params import count_params, flops_per_token, variant_config
 
 
@@ -12,18 +12,18 @@ def cli(*args):
 
 
 @pytest.mark.parametrize('preset', list(PRESETS))
-def test_params_json_lists_every_variant_matched_within_half_a_percent(preset):
+def test_params_json_lists_every_declared_variant_matched_within_half_a_percent(preset):
     res = cli('params', '--preset', preset, '--json')
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert [r['variant'] for r in rows] == list(VARIANTS)
+    assert [r['variant'] for r in rows] == PRESETS[preset].variant_names
     for r in rows:
         cfg = variant_config(preset, r['variant'])
         c = count_params(cfg)
         assert (r['params_total'], r['params_active'], r['params_embedding']) == (c.total, c.active, c.embedding)
         assert r['flops_per_token'] == flops_per_token(cfg)
-    assert [r['matched_to'] for r in rows] == [None, 'active', 'total']
-    assert all(abs(r['residual_pct']) <= 0.5 for r in rows[1:])
+        assert r['matched_to'] == PRESETS[preset].variant(r['variant']).match
+        assert r['matched_to'] is None or abs(r['residual_pct']) <= 0.5
 
 
 def test_params_table_is_readable():
@@ -31,18 +31,31 @@ def test_params_table_is_readable():
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].split()[:4] == ['variant', 'total', 'active', 'embedding']
-    assert lines[2].startswith('moe') and '(reference)' in lines[2]
-    assert lines[3].startswith('dense_active') and 'active (' in lines[3]
+    assert lines[2].startswith('moe') and 'reference' in lines[2]
+    assert lines[3].startswith('dense_active') and 'active-matched' in lines[3]
 
 
-@pytest.mark.parametrize('args, names', [
-    (('params', '--preset', 'gpu'), ('smoke', 'cpu', 'tinystories')),
-    (('params', '--variants', 'dense'), ('moe', 'dense_active', 'dense_total')),
+def test_set_model_field_changes_the_reference_and_rederives_the_baselines():
+    base = {r['variant']: r for r in json.loads(cli('params', '--preset', 'cpu', '--json').stdout)}
+    res = cli('params', '--preset', 'cpu', '--set', 'model.n_experts=8', '--json')
+    assert res.returncode == 0, res.stderr
+    rows = {r['variant']: r for r in json.loads(res.stdout)}
+    assert rows['moe']['n_experts'] == 8 and rows['moe']['params_total'] > base['moe']['params_total']
+    assert rows['dense_total']['params_total'] > base['dense_total']['params_total']      # matched to the new total
+    assert rows['dense_active']['params_active'] == pytest.approx(base['dense_active']['params_active'], rel=0.01)
+
+
+@pytest.mark.parametrize('args, message', [
+    (('params', '--preset', 'gpu'), "unknown preset 'gpu'; valid presets: smoke, cpu, ablations_cpu, tinystories"),
+    (('params', '--variants', 'dense'), "unknown variant 'dense' in study 'cpu'; valid variants: moe, dense_active, dense_total"),
+    (('params', '--set', 'model.d_modle=32'), "unknown ModelConfig field(s) ['d_modle']"),
+    (('params', '--set', 'optim.lr=1'), "name a field as model.FIELD, data.FIELD or train.FIELD"),
+    (('params', '--preset', '/nonexistent/study.json'), "cannot read the study declaration"),
 ])
-def test_unknown_names_are_a_clear_error(args, names):
+def test_bad_names_are_a_clear_error(args, message):
     res = cli(*args)
-    assert res.returncode == 2
-    assert 'invalid choice' in res.stderr and all(n in res.stderr for n in names)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and 'Traceback' not in res.stderr
     assert res.stdout == ''
 
 

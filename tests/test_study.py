@@ -30,7 +30,7 @@ def test_sweep_runs_every_variant_and_seed_and_renders_the_report(first_pass):
     report = tmp / 'report' / 'smoke'
     html = (report / 'index.html').read_text()
     for text in ('Fairness audit', 'matched_active', 'matched_total', '1.5788 ± 0.0020', 'Routing', 'Samples',
-                 'every run of the study is complete'):
+                 'every run of the study is complete', 'the Switch load-balancing loss', 'resizing ffn'):
         assert text in html, text
     assert 'import ' not in html.split('<body', 1)[1].split('Fairness audit')[0]      # no input cells
     results = json.loads((report / 'results.json').read_text())
@@ -38,6 +38,7 @@ def test_sweep_runs_every_variant_and_seed_and_renders_the_report(first_pass):
     gap = results['gaps']['matched_active']
     assert gap['seeds'] == [0, 1] and len(gap['values']) == 2 and gap['ci95'][0] <= gap['mean'] <= gap['ci95'][1]
     assert results['fair'] and results['failed'] == [] and results['incomplete'] == []
+    assert (report / 'routing_moe.png').exists() and (tmp / 'runs' / 'smoke' / 'study.json').exists()
 
 
 def test_rerun_executes_nothing(first_pass):
@@ -72,7 +73,7 @@ def test_deleting_a_summary_reruns_only_that_run_and_failures_are_reported(first
 
 def test_unknown_variant_for_the_study(tmp_path):
     res = study(tmp_path, '--variants', 'moe', 'sparse')
-    assert res.returncode == 2 and "invalid choice: 'sparse'" in res.stderr
+    assert res.returncode == 2 and "unknown variant 'sparse' in study 'smoke'" in res.stderr
 
 
 def test_a_run_in_the_sweep_equals_the_same_run_alone(first_pass, tmp_path):
@@ -88,3 +89,83 @@ def test_a_run_in_the_sweep_equals_the_same_run_alone(first_pass, tmp_path):
 def test_jobs_must_be_positive(tmp_path):
     res = study(tmp_path, '--jobs', '0')
     assert res.returncode == 2 and 'jobs=0: must be a positive integer' in res.stderr
+
+
+# --- a study is a declaration --------------------------------------------------------------------------------
+
+def test_a_new_variant_is_one_declaration(tmp_path):
+    "Declare an 8-expert MoE beside the reference: parameters, runs, analysis, figures and report pick it up."
+    import dataclasses
+    from moe_study.config import Comparison, Variant, get_preset
+    from moe_study.params import variant_table
+    from moe_study.study import run_study
+    smoke = get_preset('smoke')
+    study = dataclasses.replace(
+        smoke, name='smoke_e8', variants=(smoke.variant('moe'), Variant('e8', "8 experts, top-2", {'n_experts': 8})),
+        comparisons=(Comparison('e8_vs_moe', 'e8', 'moe', "8 experts are worse"),), published={})
+    assert [r['n_experts'] for r in variant_table(study)] == [4, 8]
+    out = run_study(study, seeds=[0], runs=tmp_path / 'runs', reports=tmp_path / 'report', progress=False)
+    assert not out.failed and out.report_error is None, (out.failed, out.report_error)
+    assert (tmp_path / 'runs' / 'smoke_e8' / 'e8' / 'seed0' / 'summary.json').exists()
+    config = json.loads((tmp_path / 'runs' / 'smoke_e8' / 'e8' / 'seed0' / 'config.json').read_text())
+    assert config['identity']['model']['n_experts'] == 8 and config['rule'] == 'n_experts=8'
+    report = tmp_path / 'report' / 'smoke_e8'
+    results = json.loads((report / 'results.json').read_text())
+    assert list(results['variants']) == ['moe', 'e8'] and list(results['gaps']) == ['e8_vs_moe'] and results['fair']
+    assert (report / 'routing_e8.png').exists() and (report / 'routing_moe.png').exists()
+    html = (report / 'index.html').read_text()
+    assert 'e8_vs_moe' in html and '8 experts, top-2' in html and 'n_experts=8' in html
+
+
+def test_a_one_variant_study_renders_without_gaps(tmp_path):
+    import dataclasses
+    from moe_study.config import get_preset
+    from moe_study.study import run_study
+    smoke = get_preset('smoke')
+    alone = dataclasses.replace(smoke, name='smoke_alone', variants=(smoke.variant('dense_active'),),
+                                comparisons=(), published={})
+    out = run_study(alone, seeds=[0], runs=tmp_path / 'runs', reports=tmp_path / 'report', progress=False)
+    assert out.report_error is None and not out.failed, out.report_error
+    results = json.loads((tmp_path / 'report' / 'smoke_alone' / 'results.json').read_text())
+    assert list(results['variants']) == ['dense_active'] and results['gaps'] == {}
+    html = (tmp_path / 'report' / 'smoke_alone' / 'index.html').read_text()
+    assert 'declares no comparison' in html and 'nothing to show' in html
+
+
+def stories(n):
+    from moe_study.data import synthetic_stories
+    return synthetic_stories(3, 60, 'train', 0, n)
+
+
+def test_data_and_set_on_the_command_line_make_a_new_study(tmp_path):
+    corpus = tmp_path / 'corpus.txt'
+    corpus.write_text('\n\n'.join(stories(600)))
+    args = ('--preset', 'smoke', '--data', str(corpus), '--set', 'data.val_fraction=0.05', '--set', 'model.top_k=1')
+    res = subprocess.run([sys.executable, '-m', 'moe_study', 'train', *args, '--variant', 'moe', '--runs-dir',
+                          str(tmp_path / 'runs'), '--quiet'], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    [study_dir] = [p for p in (tmp_path / 'runs').iterdir() if p.name != '_cache']
+    assert study_dir.name.startswith('smoke-') and study_dir.name != 'smoke'
+    identity = json.loads((study_dir / 'moe' / 'seed0' / 'config.json').read_text())['identity']
+    assert identity['preset'] == study_dir.name and identity['model']['top_k'] == 1
+    assert identity['data']['source'] == 'files' and identity['data']['path'] == str(corpus)
+    assert identity['data']['train_docs'] is None                      # every document of the user's corpus
+    res = subprocess.run([sys.executable, '-m', 'moe_study', 'params', *args, '--json'], cwd=ROOT, capture_output=True, text=True)
+    assert [r['top_k'] for r in json.loads(res.stdout)] == [1, None, None]
+
+
+def test_papermill_data_and_overrides(tmp_path):
+    corpus = tmp_path / 'corpus.jsonl'
+    corpus.write_text('\n'.join(json.dumps({'text': s}) for s in stories(600)))
+    papermill = Path(sys.executable).parent / 'papermill'
+    res = subprocess.run([str(papermill), 'nbs/train.ipynb', str(tmp_path / 'out.ipynb'), '-p', 'preset', 'smoke',
+                          '-p', 'variant', 'moe', '-p', 'seed', '1', '-p', 'data', str(corpus), '-p', 'runs_dir',
+                          str(tmp_path / 'runs'), '-y', 'overrides: {model.n_experts: 8, data.val_fraction: 0.05, max_steps: 20}'],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    [study_dir] = [p for p in (tmp_path / 'runs').iterdir() if p.name != '_cache']
+    run = study_dir / 'moe' / 'seed1'
+    identity = json.loads((run / 'config.json').read_text())['identity']
+    assert identity['model']['n_experts'] == 8 and identity['steps'] == 20 and identity['data']['source'] == 'files'
+    assert json.loads((run / 'summary.json').read_text())['status'] == 'complete'
+    assert 'changed from smoke' in (tmp_path / 'out.ipynb').read_text()

@@ -44,7 +44,7 @@ def test_papermill_unknown_variant_lists_the_valid_ones(tmp_path):
     res = subprocess.run([str(PAPERMILL), 'nbs/train.ipynb', str(tmp_path / 'out.ipynb'), '-p', 'variant', 'sparse',
                           '-p', 'runs_dir', str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode != 0
-    assert "unknown variant 'sparse'; valid variants: moe, dense_active, dense_total" in res.stderr
+    assert "unknown variant 'sparse' in study 'cpu'; valid variants: moe, dense_active, dense_total" in res.stderr
 
 
 def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, reference):
@@ -71,14 +71,27 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, referenc
 
 
 def test_resume_with_another_config_is_refused(tmp_path):
+    # a declaration edited between two sessions: same study name, another recipe
+    import dataclasses
+    from moe_study.config import get_preset
+    smoke = get_preset('smoke')
+    out = tmp_path / 'run'
+    assert train(smoke, 'moe', 0, out_dir=out, progress=False, until=10) is None
+    edited = dataclasses.replace(smoke, train=smoke.train.replace(lr=1e-3))
+    with pytest.raises(TrainingError, match=r"refusing to resume .*train.lr: 0.003 -> 0.001"):
+        train(edited, 'moe', 0, out_dir=out, progress=False)
+    assert torch.load(out / 'checkpoint.pt', weights_only=True)['step'] == 10           # untouched
+
+
+def test_set_on_the_command_line_is_a_new_study_not_a_resume(tmp_path):
     runs = str(tmp_path)
     assert cli('train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', runs, '--until', '10', '--quiet').returncode == 0
-    res = cli('train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', runs, '--quiet', '--set', 'lr=0.001')
-    assert res.returncode == 1
-    assert 'refusing to resume' in res.stderr and 'train.lr: 0.003 -> 0.001' in res.stderr
-    assert 'Traceback' not in res.stderr
-    ckpt = tmp_path / 'smoke' / 'moe' / 'seed0' / 'checkpoint.pt'
-    assert torch.load(ckpt, weights_only=True)['step'] == 10           # untouched
+    res = cli('train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', runs, '--quiet', '--until', '5',
+              '--set', 'lr=0.001')
+    assert res.returncode == 0, res.stderr
+    changed = [p.name for p in tmp_path.iterdir() if p.name.startswith('smoke-')]
+    assert len(changed) == 1 and (tmp_path / changed[0] / 'moe' / 'seed0' / 'checkpoint.pt').exists()
+    assert torch.load(tmp_path / 'smoke' / 'moe' / 'seed0' / 'checkpoint.pt', weights_only=True)['step'] == 10
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -115,7 +128,7 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
 
 def test_train_command_unknown_names(tmp_path):
     res = cli('train', '--preset', 'huge', '--variant', 'moe')
-    assert res.returncode == 2 and "invalid choice: 'huge'" in res.stderr
+    assert res.returncode == 2 and "unknown preset 'huge'" in res.stderr
     res = cli('train', '--variant', 'dense')
     assert res.returncode == 2 and 'dense_active' in res.stderr
 
