@@ -10,7 +10,8 @@ import pytest
 
 import moe_study.data as data_mod
 from moe_study.config import DataConfig
-from moe_study.data import (DataError, EOS_ID, TokenCache, build_cache, is_validation, read_documents, synthetic_stories, verify_cache)
+from moe_study.data import DataError, EOS_ID, TokenCache, build_cache, is_validation, read_documents, verify_cache
+from moe_study.stories import synthetic_stories
 
 VOCAB = 400
 STORIES = synthetic_stories(7, 50, 'train', 0, 300)

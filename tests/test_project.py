@@ -63,9 +63,19 @@ def test_requirements_hold_the_working_nbdev_pins():
 def test_slow_and_gpu_cells_are_skipped_by_default():
     # nbdev_test splits tst_flags on whitespace; `slow|gpu` would be one flag and run slow cells in CI
     assert settings()['tst_flags'].split() == ['slow', 'gpu']
-    slow_cells = [nb.name for nb in (ROOT / 'nbs').glob('*.ipynb')
-                  if any(''.join(c['source']).startswith('#| slow') for c in json.loads(nb.read_text())['cells'])]
-    assert slow_cells == ['01_data.ipynb']          # the capacity measurement (minutes of training)
+    assert settings()['recursive'] == 'False'          # nbdev_test runs the chapters, not nbs/experiments/
+    slow = lambda folder: [nb.name for nb in folder.glob('*.ipynb')
+                           if any(''.join(c['source']).startswith('#| slow') for c in json.loads(nb.read_text())['cells'])]
+    assert slow(ROOT / 'nbs') == []
+    assert slow(ROOT / 'nbs' / 'experiments') == ['corpus_measurements.ipynb']   # minutes of training
+
+
+def test_experiments_export_nothing_and_chapters_are_numbered_in_order():
+    for nb in (ROOT / 'nbs' / 'experiments').glob('*.ipynb'):
+        cells = json.loads(nb.read_text())['cells']
+        assert not any(re.search(r'^#\|\s*(default_exp|export)', ''.join(c['source']), flags=re.M) for c in cells), nb.name
+    chapters = sorted(p.name for p in (ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb'))
+    assert [int(c[:2]) for c in chapters] == list(range(len(chapters))), chapters
 
 
 def test_installed_package_matches_settings():

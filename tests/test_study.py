@@ -133,7 +133,7 @@ def test_a_one_variant_study_renders_without_gaps(tmp_path):
 
 
 def stories(n):
-    from moe_study.data import synthetic_stories
+    from moe_study.stories import synthetic_stories
     return synthetic_stories(3, 60, 'train', 0, n)
 
 
