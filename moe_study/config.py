@@ -407,9 +407,13 @@ def get_preset(name: str) -> Preset:
     if name in PRESETS: return PRESETS[name]
     if name.endswith('.json'):
         from pathlib import Path
-        try: return preset_from_dict(json.loads(Path(name).read_text()))
+        try: study = preset_from_dict(json.loads(Path(name).read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read the study declaration {name!r} ({type(e).__name__}: {e})") from None
+        if PRESETS.get(study.name, study) != study:      # it would share the shipped study's runs
+            raise ConfigError(f"{name} declares a study named {study.name!r} that differs from the shipped preset of "
+                              "that name; give it a name of its own")
+        return study
     raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)} (or a study .json file)")
 
 # %% ../nbs/00_config.ipynb #a08366e5

@@ -30,7 +30,7 @@ def test_sweep_runs_every_variant_and_seed_and_renders_the_report(first_pass):
     report = tmp / 'report' / 'smoke'
     html = (report / 'index.html').read_text()
     for text in ('Fairness audit', 'matched_active', 'matched_total', '1.5788 ± 0.0020', 'Routing', 'Samples',
-                 'every run of the study is complete', 'the Switch load-balancing loss', 'resizing ffn'):
+                 'every run of the study is complete', 'the Switch load-balancing loss', 'resizing the FFN hidden size'):
         assert text in html, text
     assert 'import ' not in html.split('<body', 1)[1].split('Fairness audit')[0]      # no input cells
     results = json.loads((report / 'results.json').read_text())

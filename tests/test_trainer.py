@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from moe_study.config import study_with
 from moe_study.model import Decoder
 from moe_study.trainer import TrainingError, read_metrics, train
 
@@ -51,7 +52,7 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, referenc
     runs = tmp_path / 'runs'
     cmd = [sys.executable, '-m', 'moe_study', 'train', '--preset', 'smoke', '--variant', 'moe', '--seed', '0',
            '--runs-dir', str(runs), '--quiet', '--set', 'log_every=1']
-    run = runs / 'smoke' / 'moe' / 'seed0'
+    run = runs / study_with('smoke', overrides={'log_every': 1}).name / 'moe' / 'seed0'     # --set: its own study
     kill_at = random.Random().randint(11, 28)          # after the first checkpoint (step 10), before the end
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
