@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from .config import ConfigError, PRESETS, Preset, get_preset, study_with
+from .config import ConfigError, PRESETS, Preset, study_with
 from .params import format_param_table, variant_table
 from .data import DataError, benchmark_data, load_data
 from .bench import benchmark, format_benchmark
@@ -16,9 +16,9 @@ from .trainer import TrainingError, run_dir, train
 from .study import run_study
 
 # %% auto #0
-__all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'study_from_args', 'check_variants', 'add_params_command',
-           'run_params', 'add_data_command', 'format_manifest', 'run_data', 'add_train_command', 'run_train',
-           'add_bench_command', 'run_bench', 'add_study_command', 'run_study_command', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'study_from_args', 'add_params_command', 'run_params',
+           'add_data_command', 'format_manifest', 'run_data', 'add_train_command', 'run_train', 'add_bench_command',
+           'run_bench', 'add_study_command', 'run_study_command', 'build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #9bcab05b
 def add_preset_argument(p, default: str | None = 'cpu', changes: bool = True) -> None:
@@ -45,10 +45,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def study_from_args(args) -> Preset:
     "The study the command line names: the preset, changed by --data and --set."
-    return study_with(get_preset(args.preset), getattr(args, 'data', None), parse_overrides(getattr(args, 'overrides', [])))
-
-def check_variants(study: Preset, variants: list[str] | None) -> None:
-    for v in variants or (): study.variant(v)
+    return study_with(args.preset, getattr(args, 'data', None), parse_overrides(getattr(args, 'overrides', [])))
 
 # %% ../nbs/12_cli.ipynb #0cab045c
 def add_params_command(sub) -> None:
@@ -62,7 +59,6 @@ def add_params_command(sub) -> None:
 
 def run_params(args) -> int:
     study = study_from_args(args)
-    check_variants(study, args.variants)
     rows = variant_table(study, args.variants)
     print(json.dumps(rows, indent=2) if args.json else format_param_table(rows))
     return 0
@@ -117,7 +113,6 @@ def add_train_command(sub) -> None:
 
 def run_train(args) -> int:
     study = study_from_args(args)
-    check_variants(study, [args.variant])
     out = run_dir(study.name, args.variant, args.seed, args.runs_dir)
     summary = train(study, args.variant, args.seed, out_dir=out, progress=not args.quiet, until=args.until)
     if summary is None: print(f"stopped after step {args.until}; checkpoint in {out}")
@@ -158,7 +153,6 @@ def add_study_command(sub) -> None:
 
 def run_study_command(args) -> int:
     study = study_from_args(args)
-    check_variants(study, args.variants)
     outcome = run_study(study, args.variants, args.seeds, args.runs_dir, args.report_dir, jobs=args.jobs)
     done = sum(r.status == 'complete' for r in outcome.runs)
     print(f"{len(outcome.executed)} run(s) executed, {done} already complete, {len(outcome.failed)} failed")

@@ -173,7 +173,7 @@ def require_fair(audit: pd.DataFrame) -> None:
 
 # %% ../nbs/10_analysis.ipynb #00ec65e1
 def study_results(study: Preset | str, root: Path | None = None, failed: list[dict] | None = None) -> dict:
-    study = get_preset(study) if isinstance(study, str) else study
+    study = get_preset(study)
     runs, incomplete = load_runs(study.name, root)
     audit = fairness_audit(load_configs(runs), study) if len(runs) else pd.DataFrame(columns=['check', 'ok', 'values'])
     return {'preset': study.name, 'base': study.base, 'overrides': study.overrides,

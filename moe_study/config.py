@@ -402,8 +402,9 @@ def preset_from_dict(d: dict) -> Preset:
     d['published'] = {k: tuple(v) for k, v in d.get('published', {}).items()}
     return config_from_dict(Preset, {**d, **sections, 'variants': variants, 'comparisons': comparisons})
 
-def get_preset(name: str) -> Preset:
-    "The registered preset `name`, or the study declared in the JSON file `name`; else a `ConfigError`."
+def get_preset(name: str | Preset) -> Preset:
+    "The registered preset `name`, or the study declared in the JSON file `name` (a `Preset` is returned as it is)."
+    if isinstance(name, Preset): return name
     if name in PRESETS: return PRESETS[name]
     if name.endswith('.json'):
         from pathlib import Path
@@ -422,7 +423,7 @@ OVERRIDE_SECTIONS = ('model', 'data', 'train')
 def study_with(preset: Preset | str, data: str | None = None, overrides: dict | None = None) -> Preset:
     "`preset` with a user's corpus (`data`) and `overrides` applied: a new study named `<preset>-<hash>`."
     import os
-    base = get_preset(preset) if isinstance(preset, str) else preset
+    base = get_preset(preset)
     changes: dict[str, dict] = {s: {} for s in OVERRIDE_SECTIONS}
     if data is not None:      # the files source, every document (the preset's story counts are not caps)
         changes['data'].update(source='files', path=os.path.abspath(os.path.expanduser(str(data))),

@@ -316,7 +316,7 @@ class TokenCache:
 
 def load_data(preset: Preset | str, root: Path | None = None, rebuild: bool = False) -> TokenCache:
     "The token cache of `preset`, built on first use and verified on every use."
-    preset = get_preset(preset) if isinstance(preset, str) else preset
+    preset = get_preset(preset)
     path = build_cache(preset.data, preset.model.vocab_size, root, rebuild)
     return TokenCache(path, json.loads((path / 'manifest.json').read_text()))
 
@@ -324,7 +324,7 @@ def load_data(preset: Preset | str, root: Path | None = None, rebuild: bool = Fa
 def benchmark_data(preset: Preset | str) -> dict:
     "Seconds and MB/s of each stage of building `preset`'s token cache, measured in a scratch folder."
     import tempfile
-    preset = get_preset(preset) if isinstance(preset, str) else preset
+    preset = get_preset(preset)
     cfg, vocab = preset.data, preset.model.vocab_size
     corpus = open_corpus(cfg)
     t = time.perf_counter(); docs = [d for chunk in corpus.train() for d in chunk]; read_s = time.perf_counter() - t

@@ -115,24 +115,22 @@ def match_dense(ref: ModelConfig, target: str, resize: str = 'ffn', multiple: in
     return Match(cfg, target, 'd_ff' if resize == 'ffn' else 'd_model', goal, n, 100 * (n - goal) / goal)
 
 # %% ../nbs/06_params.ipynb #ed1a4219
-def _preset(preset: Preset | str) -> Preset: return get_preset(preset) if isinstance(preset, str) else preset
-
 def variant_match(preset: Preset | str, variant: str) -> Match | None:
     "The solver's match for a matched variant of `preset`; None for a variant that is not matched."
-    preset = _preset(preset)
+    preset = get_preset(preset)
     v = preset.variant(variant)
     if v.match is None: return None
     return match_dense(preset.model.replace(**v.overrides), v.match, v.resize, preset.match_multiple)
 
 def variant_config(preset: Preset | str, variant: str) -> ModelConfig:
     "The model config of `variant` in `preset`: the reference with its overrides, then matched if it is matched."
-    preset = _preset(preset)
+    preset = get_preset(preset)
     m = variant_match(preset, variant)
     return preset.model.replace(**preset.variant(variant).overrides) if m is None else m.config
 
 def variant_row(preset: Preset | str, variant: str) -> dict:
     "One variant's sizes: the keys of `python -m moe_study params --json`."
-    preset = _preset(preset)
+    preset = get_preset(preset)
     cfg, m = variant_config(preset, variant), variant_match(preset, variant)
     c = count_params(cfg)
     return {'variant': variant, 'rule': preset.variant(variant).rule, 'ffn': cfg.ffn,
@@ -146,7 +144,7 @@ def variant_row(preset: Preset | str, variant: str) -> dict:
 
 def variant_table(preset: Preset | str, variants: list[str] | None = None) -> list[dict]:
     "`variant_row` of each of `variants` (default: every declared variant, in declaration order)."
-    preset = _preset(preset)
+    preset = get_preset(preset)
     return [variant_row(preset, v) for v in (variants or preset.variant_names)]
 
 # %% ../nbs/06_params.ipynb #5bdad3a9
