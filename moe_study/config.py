@@ -4,17 +4,17 @@
 
 # %% ../nbs/00_config.ipynb #dc1872af
 from __future__ import annotations
-import dataclasses, hashlib, json, re
+import dataclasses, hashlib, json, math, re
 from dataclasses import dataclass, field
 from typing import Any
 
 # %% auto #0
-__all__ = ['FFN_KINDS', 'BALANCING_MODES', 'positive_int', 'optional_positive_int', 'DERIVED_FIELDS', 'DATA_SOURCES', 'DEVICES',
-           'DTYPES', 'MATCH_TARGETS', 'MATCH_RESIZE', 'BUDGETS', 'SEED_STUDY', 'SEED_STUDY_SOURCE', 'DENSE_VS_MOE',
-           'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN', 'ABLATIONS', 'PRESETS', 'OVERRIDE_SECTIONS',
-           'ConfigError', 'Checks', 'ModelConfig', 'config_from_dict', 'DataConfig', 'TrainConfig', 'project_root',
-           'cache_root', 'Variant', 'Comparison', 'Preset', 'dense_vs_moe', 'preset_to_dict', 'preset_from_dict',
-           'get_preset', 'study_with']
+__all__ = ['FFN_KINDS', 'BALANCING_MODES', 'positive_int', 'optional_positive_int', 'MAX_SEED', 'MAX_THREADS', 'DERIVED_FIELDS',
+           'DATA_SOURCES', 'DEVICES', 'DTYPES', 'MATCH_TARGETS', 'MATCH_RESIZE', 'BUDGETS', 'SEED_STUDY',
+           'SEED_STUDY_SOURCE', 'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN',
+           'ABLATIONS', 'PRESETS', 'OVERRIDE_SECTIONS', 'ConfigError', 'Checks', 'valid_seed', 'check_seeds',
+           'ModelConfig', 'config_from_dict', 'DataConfig', 'TrainConfig', 'project_root', 'cache_root', 'Variant',
+           'Comparison', 'Preset', 'dense_vs_moe', 'preset_to_dict', 'preset_from_dict', 'get_preset', 'study_with']
 
 # %% ../nbs/00_config.ipynb #e40410b7
 class ConfigError(ValueError):
@@ -25,7 +25,7 @@ FFN_KINDS = ('dense', 'moe')
 BALANCING_MODES = ('aux', 'aux_free', 'none')
 
 def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
-def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 class Checks:
     "Collects every rule a config breaks, each as 'field=value: what is allowed', and raises them together."
@@ -44,6 +44,16 @@ class Checks:
 
 positive_int = lambda v: _is_int(v) and v > 0
 optional_positive_int = lambda v: v is None or positive_int(v)
+MAX_SEED = 2 ** 32 - 1                  # torch, numpy and the samplers all take a seed this size
+MAX_THREADS = 512                       # more is a typo (torch crashes on some absurd counts)
+
+def valid_seed(v) -> bool: return _is_int(v) and 0 <= v <= MAX_SEED
+
+def check_seeds(seeds, what: str = 'seed') -> list[int]:
+    "`seeds` as a list of distinct integers in [0, 2^32); a `ConfigError` naming each bad one otherwise."
+    bad = [s for s in seeds if not valid_seed(s)]
+    if bad: raise ConfigError(f"{what} {', '.join(map(repr, bad))}: a seed must be an integer from 0 to {MAX_SEED}")
+    return list(dict.fromkeys(seeds))
 
 class _Config:
     "What every config dataclass shares: `replace` (validated again) and `to_dict` (JSON-ready)."
@@ -85,8 +95,8 @@ class ModelConfig(_Config):
         c = Checks(self, 'ModelConfig')
         c.each('vocab_size d_model n_layers n_heads n_kv_heads d_ff context_len n_experts top_k d_expert',
                positive_int, "must be a positive integer")
-        c.each('rope_theta norm_eps init_std', lambda v: _is_number(v) and v > 0, "must be a positive number")
-        c.each('lb_coef z_coef bias_update_rate', lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
+        c.each('rope_theta norm_eps init_std', lambda v: _is_number(v) and v > 0, "must be a finite positive number")
+        c.each('lb_coef z_coef bias_update_rate', lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0")
         c.need(isinstance(self.tie_embeddings, bool), 'tie_embeddings', "must be True or False")
         c.need(self.ffn in FFN_KINDS, 'ffn', f"must be one of {FFN_KINDS}")
         c.need(self.balancing in BALANCING_MODES, 'balancing', f"must be one of {BALANCING_MODES}")
@@ -184,10 +194,12 @@ class TrainConfig(_Config):
     def __post_init__(self):
         c = Checks(self, 'TrainConfig')
         c.each('batch_size eval_every log_every checkpoint_every', positive_int, "must be a positive integer")
-        c.each('seq_len max_steps threads', optional_positive_int, "must be None or a positive integer")
+        c.each('seq_len max_steps', optional_positive_int, "must be None or a positive integer")
+        c.need(self.threads is None or (positive_int(self.threads) and self.threads <= MAX_THREADS), 'threads',
+               f"must be None or an integer from 1 to {MAX_THREADS}")
         c.each('warmup_steps sample_tokens', lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
-        c.each('lr epochs grad_clip', lambda v: _is_number(v) and v > 0, "must be a positive number")
-        c.need(_is_number(self.weight_decay) and self.weight_decay >= 0, 'weight_decay', "must be >= 0")
+        c.each('lr epochs grad_clip', lambda v: _is_number(v) and v > 0, "must be a finite positive number")
+        c.need(_is_number(self.weight_decay) and self.weight_decay >= 0, 'weight_decay', "must be a finite number >= 0")
         c.each('min_lr_ratio beta1 beta2', lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
         c.need(self.device in DEVICES, 'device', f"must be one of {DEVICES}")
         c.need(self.dtype in DTYPES, 'dtype', f"must be one of {DTYPES}")
@@ -296,8 +308,8 @@ class Preset:
         c.need(len({g.name for g in self.comparisons}) == len(self.comparisons), 'comparisons', "need distinct names")
         for s in ('seeds', 'design_seeds'):
             v = getattr(self, s)
-            c.need(isinstance(v, tuple) and all(_is_int(x) and x >= 0 for x in v) and len(set(v)) == len(v), s,
-                   "must be a tuple of distinct integers >= 0")
+            c.need(isinstance(v, tuple) and all(map(valid_seed, v)) and len(set(v)) == len(v), s,
+                   f"must be a tuple of distinct integers from 0 to {MAX_SEED}")
         c.need(len(self.seeds) > 0, 'seeds', "must name at least one seed")
         c.need(set(self.published) <= set(names), 'published', "may only name declared variants")
         c.raise_all()
@@ -424,6 +436,11 @@ def study_with(preset: Preset | str, data: str | None = None, overrides: dict | 
     "`preset` with a user's corpus (`data`) and `overrides` applied: a new study named `<preset>-<hash>`."
     import os
     base = get_preset(preset)
+    if data is not None and not isinstance(data, (str, os.PathLike)):
+        raise ConfigError(f"data={data!r}: must be the path of a corpus file or folder (or None)")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"overrides={overrides!r}: must be a mapping of FIELD to value, e.g. {{'max_steps': 100}} "
+                          "(papermill: -y \"overrides: {max_steps: 100}\", not -p)")
     changes: dict[str, dict] = {s: {} for s in OVERRIDE_SECTIONS}
     if data is not None:      # the files source, every document (the preset's story counts are not caps)
         changes['data'].update(source='files', path=os.path.abspath(os.path.expanduser(str(data))),

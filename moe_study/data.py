@@ -19,8 +19,8 @@ from .stories import GENERATOR_VERSION, make_world, synthetic_stories
 # %% auto #0
 __all__ = ['CHUNK_DOCS', 'TEXT_SUFFIXES', 'CORPUS_SOURCES', 'EOS_ID', 'CACHE_FORMAT', 'DataError', 'Corpus', 'synthetic_corpus',
            'read_documents', 'is_validation', 'files_corpus', 'load_tinystories', 'tinystories_corpus', 'open_corpus',
-           'train_tokenizer', 'load_tokenizer', 'cache_key', 'verify_cache', 'build_cache', 'TokenCache', 'load_data',
-           'benchmark_data', 'BatchSampler', 'val_batches']
+           'train_tokenizer', 'load_tokenizer', 'cache_key', 'manifest_digest', 'verify_cache', 'build_cache',
+           'TokenCache', 'load_data', 'benchmark_data', 'BatchSampler', 'val_batches']
 
 # %% ../nbs/03_data.ipynb #c4a24059
 class DataError(ValueError):
@@ -76,14 +76,20 @@ def _data_files(path: str | Path) -> list[Path]:
     if bad: raise DataError(f"cannot read {bad[0]!r}: supported files are {', '.join(TEXT_SUFFIXES)}")
     return files
 
+def _read_text(f: Path) -> str:
+    try: return f.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        raise DataError(f"{f} is not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8 "
+                        f"(e.g. `iconv -f latin1 -t utf-8`) or remove it from the corpus") from None
+
 def _read_txt(f: Path) -> list[str]:
-    text = f.read_text(encoding='utf-8')
+    text = _read_text(f)
     parts = re.split(r'\n\s*\n', text) if re.search(r'\n\s*\n', text) else text.splitlines()
     return [d.strip() for d in parts if d.strip()]
 
 def _read_jsonl(f: Path, field: str) -> list[str]:
     docs = []
-    for n, line in enumerate(f.read_text(encoding='utf-8').splitlines(), 1):
+    for n, line in enumerate(_read_text(f).splitlines(), 1):
         if not line.strip(): continue
         try: row = json.loads(line)
         except json.JSONDecodeError as e:
@@ -92,7 +98,10 @@ def _read_jsonl(f: Path, field: str) -> list[str]:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
             raise DataError(f"{f}:{n} has no field {field!r} (it has {keys}); set DataConfig.text_field "
                             "to the field that holds the text")
-        docs.append(str(row[field]))
+        if not isinstance(row[field], str):
+            raise DataError(f"{f}:{n}: field {field!r} is {json.dumps(row[field])[:40]}, not text; fix or drop that line "
+                            "(or set DataConfig.text_field to the field that holds the text)")
+        docs.append(row[field])
     return docs
 
 def _read_parquet(f: Path, field: str) -> list[str]:
@@ -104,7 +113,14 @@ def _read_parquet(f: Path, field: str) -> list[str]:
     if field not in schema.names:
         raise DataError(f"{f} has no column {field!r} (it has {schema.names}); set DataConfig.text_field "
                         "to the column that holds the text")
-    return [str(t) for t in pq.read_table(f, columns=[field]).column(field).to_pylist() if t is not None]
+    kind = str(schema.field(field).type)
+    if kind not in ('string', 'large_string'):
+        raise DataError(f"{f}: column {field!r} holds {kind}, not text; set DataConfig.text_field to the text column")
+    try: column = pq.read_table(f, columns=[field]).column(field).to_pylist()
+    except Exception as e:
+        raise DataError(f"cannot read the {field!r} column of {f} ({type(e).__name__}: {e}); the file is damaged: "
+                        "write it again, or remove it from the corpus") from None
+    return [t for t in column if t is not None]
 
 def read_documents(path: str | Path, text_field: str = 'text') -> list[str]:
     "Every non-empty document in the file or folder `path`."
@@ -208,7 +224,7 @@ def load_tokenizer(model: bytes | str | Path) -> spm.SentencePieceProcessor:
     return spm.SentencePieceProcessor(model_proto=proto)
 
 # %% ../nbs/03_data.ipynb #522b1ce2
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2          # 2: the manifest carries its own hash
 
 def cache_key(cfg: DataConfig, vocab_size: int, fingerprint: dict) -> str:
     "16 hex digits identifying the tokens `cfg` produces."
@@ -239,6 +255,11 @@ def _tokenize_split(chunks: Iterator[list[str]], tok, out: Path, desc: str, tota
     return {'file': out.name, 'docs': n_docs, 'tokens': n_tokens, 'bytes': n_bytes,
             'bytes_per_token': n_bytes / n_tokens, 'sha256': h.hexdigest()}
 
+def manifest_digest(manifest: dict) -> str:
+    "SHA-256 of a manifest's content (its own `manifest_sha256` left out): the numbers a run records are covered too."
+    body = {k: v for k, v in manifest.items() if k != 'manifest_sha256'}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
 # %% ../nbs/03_data.ipynb #0abce91a
 def verify_cache(path: Path) -> dict:
     "The manifest of the cache at `path` after checking every file's size and hash; `DataError` if anything fails."
@@ -246,6 +267,9 @@ def verify_cache(path: Path) -> dict:
     try: manifest = json.loads((path / 'manifest.json').read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"token cache {path} has no readable manifest.json ({type(e).__name__}); {fix}") from None
+    if not isinstance(manifest, dict) or manifest.get('manifest_sha256') != manifest_digest(manifest):
+        raise DataError(f"token cache {path / 'manifest.json'} fails its SHA-256 check (it was edited or damaged after "
+                        f"the cache was built; its numbers, bytes per token included, cannot be trusted); {fix}")
     files = [(manifest['tokenizer']['file'], manifest['tokenizer']['sha256'], None)]
     files += [(s['file'], s['sha256'], 2 * s['tokens']) for s in manifest['splits'].values()]
     for name, digest, size in files:
@@ -284,6 +308,7 @@ def build_cache(cfg: DataConfig, vocab_size: int, root: Path | None = None, rebu
             'data_sha256': hashlib.sha256((splits['train']['sha256'] + splits['val']['sha256']).encode()).hexdigest(),
             'build_seconds': round(time.time() - start, 2),
             'versions': {'moe_study': moe_study.__version__, 'sentencepiece': spm.__version__}}
+        manifest['manifest_sha256'] = manifest_digest(manifest)
         write_json_atomic(scratch / 'manifest.json', manifest)
         if final.exists():                                  # --rebuild: swap only once the new cache is whole
             old = root / f".old-{key}-{os.getpid()}"

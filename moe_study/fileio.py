@@ -4,23 +4,69 @@
 
 # %% ../nbs/01_fileio.ipynb #424e3b95
 from __future__ import annotations
-import json, os
+import errno, fcntl, json, os, platform, time
+from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['write_text_atomic', 'write_json_atomic', 'flatten', 'config_drift']
+__all__ = ['write_atomic', 'write_text_atomic', 'write_json_atomic', 'Busy', 'exclusive', 'os_error_message', 'flatten',
+           'config_drift']
 
 # %% ../nbs/01_fileio.ipynb #a9808712
-def write_text_atomic(path: Path, text: str) -> None:
-    "Write `text` to a temporary file beside `path`, then rename it over `path`: readers never see half a file."
+def write_atomic(path: Path, write) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`: readers never see half a
+    file. If writing fails (a full disk, an interrupt) the temporary file is removed and `path` keeps its old content."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding='utf-8')
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+def write_text_atomic(path: Path, text: str) -> None:
+    "`text` (UTF-8), written atomically."
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding='utf-8'))
 
 def write_json_atomic(path: Path, obj) -> None:
     "`obj` as indented JSON, written atomically."
     write_text_atomic(path, json.dumps(obj, indent=2))
+
+# %% ../nbs/01_fileio.ipynb #49e7fc54
+class Busy(RuntimeError):
+    "Another process is writing to a directory; the message names it."
+
+@contextmanager
+def exclusive(folder: Path, what: str = 'this directory'):
+    "Hold the lock on `folder` (created if absent) while the block runs; `Busy` if another process holds it."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / '.lock', 'a+') as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or 'another process'
+            raise Busy(f"{folder} is in use by {holder}; wait for it to finish, or stop it, before running {what} "
+                       "again (a stopped run resumes from its last checkpoint)") from None
+        f.seek(0); f.truncate()
+        f.write(f"process {os.getpid()} on {platform.node()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"); f.flush()
+        try: yield folder
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+# %% ../nbs/01_fileio.ipynb #3e428d02
+_FIXES = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space (your quota is full)",
+          errno.EFBIG: "free disk space or raise the file-size limit", errno.EACCES: "choose a folder you can write to",
+          errno.EPERM: "choose a folder you can write to", errno.EROFS: "choose a folder on a writable disk",
+          errno.ENOTDIR: "a folder was expected where a file is; choose another path",
+          errno.EEXIST: "a folder was expected where a file is; choose another path",
+          errno.ENOENT: "check the path"}
+
+def os_error_message(e: OSError) -> str:
+    "'PATH: what went wrong; what to do'."
+    where = e.filename or 'a file'
+    fix = _FIXES.get(e.errno, "fix the path or the disk")
+    return f"{where}: {e.strerror or e}; {fix}, then run again (what was written before is kept)"
 
 # %% ../nbs/01_fileio.ipynb #ebaf30a9
 def flatten(d: dict, prefix: str = '') -> dict:

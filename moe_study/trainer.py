@@ -4,24 +4,25 @@
 
 # %% ../nbs/08_trainer.ipynb #3332dcfa
 from __future__ import annotations
-import json, math, os, platform, subprocess, time
+import hashlib, json, math, os, platform, subprocess, time
 from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 import moe_study
-from .config import ConfigError, ModelConfig, Preset, TrainConfig, project_root, study_with
+from .config import MAX_SEED, ConfigError, ModelConfig, Preset, TrainConfig, project_root, study_with, valid_seed
 from .data import BatchSampler, TokenCache, load_data, val_batches
 from .device import autocast, cpu_threads, peak_flops, resolve_device, run_threads
-from .fileio import config_drift, write_json_atomic, write_text_atomic
+from .fileio import config_drift, exclusive, write_atomic, write_json_atomic, write_text_atomic
 from .model import Decoder
 from .params import count_params, flops_per_token, variant_config, variant_match
 
 # %% auto #0
-__all__ = ['TIMING_FIELDS', 'TrainingError', 'make_optimizer', 'lr_at', 'evaluate', 'runs_root', 'run_dir', 'git_commit',
-           'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss', 'train_step', 'RunSpec',
-           'resolve_run', 'total_steps', 'run_identity', 'describe_run', 'sample_stories', 'train', 'read_metrics']
+__all__ = ['CHECKPOINT_KEYS', 'TIMING_FIELDS', 'TrainingError', 'make_optimizer', 'lr_at', 'evaluate', 'runs_root', 'run_dir',
+           'git_commit', 'state_digest', 'nonfinite_tensors', 'NonFiniteWeights', 'save_checkpoint', 'load_checkpoint',
+           'truncate_metrics', 'NonFiniteLoss', 'train_step', 'RunSpec', 'resolve_run', 'total_steps', 'run_identity',
+           'plan_run', 'finished_summary', 'describe_run', 'sample_stories', 'train', 'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #dafacdec
 class TrainingError(RuntimeError):
@@ -74,41 +75,106 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError, FileNotFoundError): return None
 
 # %% ../nbs/08_trainer.ipynb #82c87e1b
+CHECKPOINT_KEYS = ('model', 'optimizer', 'step', 'best', 'elapsed', 'identity', 'rng_cpu', 'rng_cuda')
+
+def _tensors(obj, path: str = ''):
+    "(dotted path, tensor) for every tensor in a nested state."
+    if isinstance(obj, torch.Tensor): yield path, obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str): yield from _tensors(obj[k], f"{path}.{k}".lstrip('.'))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj): yield from _tensors(v, f"{path}.{i}".lstrip('.'))
+
+def state_digest(obj) -> str:
+    "SHA-256 of a nested state: structure, plain values, and each tensor's dtype, shape and bytes."
+    h = hashlib.sha256()
+    def feed(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(o.shape)}".encode()); h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(b'{')
+            for k in sorted(o, key=str): h.update(repr(k).encode()); feed(o[k])
+            h.update(b'}')
+        elif isinstance(o, (list, tuple)):
+            h.update(b'[')
+            for v in o: feed(v)
+            h.update(b']')
+        else: h.update(repr(o).encode())
+    feed(obj)
+    return h.hexdigest()
+
+def nonfinite_tensors(state) -> list[str]:
+    "The paths of the floating-point tensors in `state` holding a NaN or an infinity."
+    return [p for p, t in _tensors(state) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+class NonFiniteWeights(TrainingError): pass
+
 def save_checkpoint(path: Path, model, optimizer, step: int, best: dict | None, elapsed: float, identity: dict) -> None:
+    "Write the checkpoint atomically, with its digest; `TrainingError` (the previous checkpoint kept) if it cannot."
     state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step, 'best': best,
              'elapsed': elapsed, 'identity': json.dumps(identity, sort_keys=True),
              'rng_cpu': torch.get_rng_state(),
              'rng_cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise NonFiniteWeights(f"the weights are not finite at step {step} ({len(bad)} tensors, e.g. {', '.join(bad[:3])}); "
+                            f"this state was not saved")
+    state['sha256'] = state_digest(state)
+    try: write_atomic(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as e:         # torch reports a full disk as a RuntimeError ("unexpected pos")
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"could not write the checkpoint {path} ({why}; is the disk full?); the previous checkpoint, "
+                            "if any, is kept: free disk space and run again to resume from it") from None
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
+    "A checkpoint, verified (readable, complete, its digest, finite); `TrainingError` naming the problem otherwise."
+    fix = f"delete it (or the whole run directory {path.parent}) to start this run over"
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        raise TrainingError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                            f"delete it (or the whole run directory) to start this run over") from None
+        text = str(e).strip()
+        why = text.splitlines()[0][:200] if text else ('an empty file' if path.stat().st_size == 0 else 'a damaged file')
+        raise TrainingError(f"checkpoint {path} cannot be read ({type(e).__name__}: {why}); {fix}") from None
+    missing = [k for k in (*CHECKPOINT_KEYS, 'sha256') if k not in state] if isinstance(state, dict) else ['everything']
+    if missing:
+        raise TrainingError(f"checkpoint {path} is not a moe_study checkpoint of this version (it lacks "
+                            f"{', '.join(missing)}); {fix}")
+    if state.pop('sha256') != state_digest(state):
+        raise TrainingError(f"checkpoint {path} fails its SHA-256 check: it was changed or damaged after it was "
+                            f"written, and resuming from it would give different numbers; {fix}")
+    bad = nonfinite_tensors(state)
+    if bad: raise TrainingError(f"checkpoint {path} holds non-finite values ({', '.join(bad[:3])}); {fix}")
+    return state
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    "Keep only the metrics records up to `last_step` (atomically)."
+    """Keep only the metrics records up to `last_step` (atomically). A last line torn by a kill is dropped;
+    a damaged line before it is an error naming it."""
     if not path.exists(): return
-    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)['step'] <= last_step]
-    write_text_atomic(path, ''.join(l + '\n' for l in keep))
+    lines = [l for l in path.read_text().splitlines() if l.strip()]
+    records = []
+    for n, line in enumerate(lines, 1):
+        try: records.append((json.loads(line), line))
+        except json.JSONDecodeError:
+            if n == len(lines): break
+            raise TrainingError(f"{path}:{n} is not a JSON record; repair or delete that line, then run again") from None
+    write_text_atomic(path, ''.join(line + '\n' for r, line in records if r['step'] <= last_step))
 
 # %% ../nbs/08_trainer.ipynb #b480b8e8
 class NonFiniteLoss(TrainingError): pass
 
 def train_step(model: Decoder, step_model, optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
                grad_clip: float, device: torch.device, dtype: torch.dtype):
-    "One optimizer step at learning rate `lr`; returns (output, grad norm). A non-finite loss raises before any update."
+    """One optimizer step at learning rate `lr`; returns (output, grad norm). A non-finite loss or gradient norm
+    raises `NonFiniteLoss` before the optimizer changes anything (one host sync per step checks both)."""
     for g in optimizer.param_groups: g['lr'] = lr
     with autocast(device, dtype):
         o = step_model(x, targets=y)
-    loss = o.loss.item()
-    if not math.isfinite(loss): raise NonFiniteLoss(f"loss is {loss}")
     o.loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if not bool(torch.isfinite(o.loss.detach()) & torch.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLoss(f"the loss is {o.loss.item()} and the gradient norm {grad_norm.item()}")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     model.update_balance_bias()
@@ -130,8 +196,7 @@ def resolve_run(preset: Preset | str, variant: str, seed: int, data: str | None 
                 overrides: dict | None = None) -> RunSpec:
     "The run of `variant` with `seed` in `preset`, changed by a user's `data` and `overrides` (see `study_with`)."
     study = study_with(preset, data, overrides)
-    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
-        raise ConfigError(f"seed={seed!r}: must be an integer >= 0")
+    if not valid_seed(seed): raise ConfigError(f"seed={seed!r}: must be an integer from 0 to {MAX_SEED}")
     return RunSpec(study, variant, seed, variant_config(study, variant), study.train)
 
 def total_steps(spec: RunSpec, sampler: BatchSampler) -> int:
@@ -152,6 +217,29 @@ def run_identity(spec: RunSpec, data: TokenCache, steps: int) -> dict:
     if budget != 'tokens':      # the reference's training FLOPs, which every `compute` variant spends
         identity['budget'] = {'rule': budget, 'reference_flops_per_token': flops_per_token(spec.preset.model)}
     return identity
+
+def plan_run(spec: RunSpec, data: TokenCache) -> tuple[int, BatchSampler, int, dict]:
+    "(sequence length, batch sampler, steps, identity) of a run: what it will do, before it does anything."
+    seq_len = spec.train.seq_len or spec.model.context_len
+    if seq_len > spec.model.context_len:
+        raise ConfigError(f"TrainConfig.seq_len={seq_len} exceeds the model's context_len={spec.model.context_len}")
+    sampler = BatchSampler(data.tokens('train'), seq_len, spec.train.batch_size, spec.seed)
+    steps = total_steps(spec, sampler)
+    return seq_len, sampler, steps, run_identity(spec, data, steps)
+
+def finished_summary(out: Path, identity: dict) -> dict | None:
+    """The summary of the finished run in `out` if it is the run `identity` describes; None if `out` holds no
+    finished run; `TrainingError` naming the differing fields if it holds another one."""
+    if not (Path(out) / 'summary.json').exists(): return None
+    try: recorded = json.loads((Path(out) / 'config.json').read_text())['identity']
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TrainingError(f"{out} has a summary.json but no readable config.json, so what it holds is unknown; "
+                            f"move it away or delete it to train this run") from None
+    drift = config_drift(recorded, identity)
+    if drift:
+        raise TrainingError(f"{out} holds a finished run of another configuration ({'; '.join(drift)}); it is not "
+                            "the run asked for. Ask for that run's settings, or move its directory away to train this one")
+    return json.loads((Path(out) / 'summary.json').read_text())
 
 def describe_run(spec: RunSpec, data: TokenCache, identity: dict, device, dtype, peak: tuple[float, str]) -> dict:
     "config.json: the identity plus what it implies and where it ran."
@@ -194,8 +282,10 @@ def train(preset: Preset | str, variant: str, seed: int = 0, *, data: str | None
     has one. `data` and `overrides` change the study (a new identity, see `study_with`). Returns the summary;
     with `until`, stops after that step's checkpoint and returns None (call again to go on)."""
     spec = resolve_run(preset, variant, seed, data, overrides)
+    if until is not None and not (isinstance(until, int) and not isinstance(until, bool) and until >= 1):
+        raise ConfigError(f"until={until!r}: must be a step >= 1 (the run stops after that step's checkpoint)")
     out = Path(out_dir) if out_dir is not None else run_dir(spec.preset.name, variant, seed)
-    with cpu_threads(run_threads(spec.train)):
+    with cpu_threads(run_threads(spec.train)), exclusive(out, 'this run'):     # one writer per run directory
         return _train(spec, out, progress, until)
 
 def _resume(ckpt_path: Path, out: Path, identity: dict, model, optimizer, device) -> tuple[int, dict | None, float]:
@@ -220,27 +310,28 @@ def _better(best: dict | None, rec: dict) -> dict:
     if best is not None and rec['loss'] >= best['loss']: return best
     return {'step': rec['step'], 'loss': rec['loss'], 'bpb': rec['bpb'], 'tokens': rec['eval_tokens']}
 
+def _kept(ckpt_step: int | None, ckpt_path: Path) -> str:
+    "What a stopped run leaves to resume from, truthfully."
+    if ckpt_step is None: return f"no checkpoint was written, so a rerun starts from step 0"
+    return f"the checkpoint of step {ckpt_step} ({ckpt_path}) is kept and finite"
+
 def _train(spec: RunSpec, out: Path, progress: bool, until: int | None) -> dict | None:
-    if (out / 'summary.json').exists():
-        return json.loads((out / 'summary.json').read_text())
-    cfg, seq_len = spec.train, spec.train.seq_len or spec.model.context_len
-    if seq_len > spec.model.context_len:
-        raise ConfigError(f"TrainConfig.seq_len={seq_len} exceeds the model's context_len={spec.model.context_len}")
+    cfg = spec.train
     device, dtype = resolve_device(cfg)
     data = load_data(spec.preset)
-    sampler = BatchSampler(data.tokens('train'), seq_len, cfg.batch_size, spec.seed)
-    steps = total_steps(spec, sampler)
-    identity = run_identity(spec, data, steps)
-    out.mkdir(parents=True, exist_ok=True)
+    seq_len, sampler, steps, identity = plan_run(spec, data)
+    finished = finished_summary(out, identity)
+    if finished is not None: return finished
     ckpt_path, metrics_path = out / 'checkpoint.pt', out / 'metrics.jsonl'
 
     # the model, the optimizer and where to start: step 0, or the last checkpoint
     torch.manual_seed(spec.seed)
     model = Decoder(spec.model, spec.seed).to(device)
     optimizer = make_optimizer(model, cfg)
-    start, best, elapsed = 0, None, 0.0
+    start, best, elapsed, ckpt_step = 0, None, 0.0, None
     if ckpt_path.exists():
         start, best, elapsed = _resume(ckpt_path, out, identity, model, optimizer, device)
+        ckpt_step = start
         truncate_metrics(metrics_path, start)
     elif metrics_path.exists():
         metrics_path.unlink()                                  # a run that never checkpointed starts over
@@ -264,9 +355,9 @@ def _train(spec: RunSpec, out: Path, progress: bool, until: int | None) -> dict 
             o, grad_norm = train_step(model, step_model, optimizer, x, y, lr, cfg.grad_clip, device, dtype)
         except NonFiniteLoss as e:
             log.close()
-            raise TrainingError(f"{e} at step {step} in {out}; stopped before the weights changed. The last good checkpoint "
-                                f"({ckpt_path}) is kept; lower TrainConfig.lr or raise warmup_steps, then delete "
-                                "the run directory and rerun") from None
+            raise TrainingError(f"{e} at step {step + 1} in {out}; stopped before the weights changed, and "
+                                f"{_kept(ckpt_step, ckpt_path)}. This recipe diverges: lower the learning rate or raise "
+                                "warmup_steps (--set lr=... is a new study, in a directory of its own)") from None
         done = step + 1
         if done % cfg.log_every == 0 or done == steps:           # a train record
             now = time.perf_counter()
@@ -283,7 +374,12 @@ def _train(spec: RunSpec, out: Path, progress: bool, until: int | None) -> dict 
         if done % cfg.eval_every == 0 or done == steps:          # a val record
             rec = validate(done); best = _better(best, rec); log.write(json.dumps(rec) + '\n'); log.flush()
         if done % cfg.checkpoint_every == 0 or done in (steps, until):
-            save_checkpoint(ckpt_path, model, optimizer, done, best, time.perf_counter() - run_start, identity)
+            try: save_checkpoint(ckpt_path, model, optimizer, done, best, time.perf_counter() - run_start, identity)
+            except NonFiniteWeights as e:
+                log.close()
+                raise TrainingError(f"{e} in {out}; {_kept(ckpt_step, ckpt_path)}. This recipe diverges: lower the "
+                                    "learning rate or raise warmup_steps") from None
+            ckpt_step = done
         bar.update(1)
     log.close(); bar.close()
     if until is not None and until < steps: return None
