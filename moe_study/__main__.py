@@ -6,11 +6,13 @@
 from __future__ import annotations
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from .config import ConfigError, PRESETS, Preset, study_with
 from .params import format_param_table, variant_table
 from .data import DataError, benchmark_data, load_data
+from .fileio import Busy, os_error_message
 from .bench import benchmark, format_benchmark
 from .trainer import TrainingError, run_dir, train
 from .study import run_study
@@ -173,17 +175,30 @@ def build_parser() -> argparse.ArgumentParser:
     for add in COMMANDS: add(sub)
     return parser
 
+def _interrupt(signum, frame): raise KeyboardInterrupt
+
 def main(argv: list[str] | None = None) -> int:
-    "Run a command; returns the exit status: 2 for bad input, 1 when training cannot go on (reason on stderr)."
+    """Run a command; returns the exit status: 2 for bad input, 1 when a run or a report cannot go on, 130 when
+    interrupted (Ctrl-C or SIGTERM); the reason on stderr, in one line."""
     args = build_parser().parse_args(argv)
+    try: previous = signal.signal(signal.SIGTERM, _interrupt)     # SIGTERM stops cleanly, like Ctrl-C
+    except ValueError: previous = None                            # not the main thread: leave signals alone
     try:
         return args.run(args)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except TrainingError as e:
+    except (TrainingError, Busy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(str(e) or "interrupted; the run resumes from its last checkpoint when the command runs again", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None: signal.signal(signal.SIGTERM, previous)
 
 # %% ../nbs/12_cli.ipynb #444ef879
 # `__file__` is set when Python runs this module (`python -m moe_study`), not in a notebook kernel

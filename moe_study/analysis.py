@@ -4,7 +4,8 @@
 
 # %% ../nbs/10_analysis.ipynb #f166c802
 from __future__ import annotations
-import json, math
+import json, math, re, warnings
+from collections import Counter
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -26,6 +27,8 @@ def load_runs(study: str, root: Path | None = None) -> tuple[pd.DataFrame, list[
     base = Path(root or runs_root()) / study
     rows, incomplete = [], []
     for run in sorted(base.glob('*/seed*')):
+        if not (run.is_dir() and re.fullmatch(r'seed\d+', run.name)):
+            warnings.warn(f"skipping {run}: not a run directory (those are named seed<k>)"); continue
         variant, seed = run.parent.name, int(run.name.removeprefix('seed'))
         if (run / 'summary.json').exists():
             rows.append({**json.loads((run / 'summary.json').read_text()), 'variant': variant, 'seed': seed, 'path': run})
@@ -140,24 +143,44 @@ def _value(config: dict, field) -> str:
     if field in flat: return str(flat[field])
     return json.dumps({k.removeprefix(field + '.'): v for k, v in flat.items() if k.startswith(field + '.')}, sort_keys=True)
 
+def _differences(configs: dict, field) -> list[str]:
+    "Each run whose value of `field` differs from the most common one, named with the fields that differ."
+    fields = field if isinstance(field, tuple) else (field,)
+    sub = {run: {k: v for k, v in flatten(c).items() if any(k == f or k.startswith(f + '.') for f in fields)}
+           for run, c in configs.items()}
+    keys = {run: json.dumps(s, sort_keys=True) for run, s in sub.items()}
+    common_key = Counter(keys.values()).most_common(1)[0][0]
+    common, out = json.loads(common_key), []
+    for (variant, seed), key in keys.items():
+        if key == common_key: continue
+        mine = sub[(variant, seed)]
+        diff = [k for k in sorted(set(common) | set(mine)) if common.get(k) != mine.get(k)]
+        out.append(f"{variant}/seed{seed} has {', '.join(f'{k}={mine.get(k)!r}' for k in diff)} "
+                   f"(the other runs: {', '.join(repr(common.get(k)) for k in diff)})")
+    return out
+
 def _per_run_problems(configs: dict, study: Preset) -> dict[str, list[str]]:
-    "The checks of each run alone: the seed its directory names, and the model its variant declares."
-    seeds, models = [], []
+    """The checks of each run alone: the seed its directory names, and the run its variant declares today
+    (model, recipe and data: a run left from an edited declaration is caught here)."""
+    seeds, runs = [], []
     for (variant, seed), c in configs.items():
         if c['identity']['seed'] != seed: seeds.append(f"{variant}/seed{seed} was trained with seed {c['identity']['seed']}")
-        try: drift = config_drift(variant_config(study, variant).to_dict(), c['identity']['model'])
-        except ValueError: drift = [f"variant {variant!r} is not declared"]
-        if drift: models.append(f"{variant}/seed{seed}: " + '; '.join(drift))
-    return {'seed pairing': seeds, 'model as declared': models}
+        try: declared = {'model': variant_config(study, variant).to_dict(), 'train': study.train.to_dict(),
+                         'data': study.data.to_dict()}
+        except ValueError: runs.append(f"{variant}/seed{seed}: variant {variant!r} is not declared"); continue
+        drift = config_drift(declared, {k: c['identity'][k] for k in declared})
+        if drift: runs.append(f"{variant}/seed{seed} differs from the declaration: " + '; '.join(drift))
+    return {'seed pairing': seeds, 'run as declared': runs}
 
 def fairness_audit(configs: dict[tuple[str, int], dict], study: Preset) -> pd.DataFrame:
-    "One row per check: whether the runs it applies to agree, and the distinct values seen (or what is wrong)."
+    """One row per check: whether the runs it applies to agree, and their common value (or, for a failed
+    check, each run that differs and how)."""
     rows = []
     for check, (field, applies) in AUDIT_FIELDS.items():
-        runs = [c for (v, _), c in configs.items() if applies is None or (v in study.variant_names and applies(study, v))]
+        runs = {r: c for r, c in configs.items() if applies is None or (r[0] in study.variant_names and applies(study, r[0]))}
         if not runs: continue
-        values = sorted({_value(c, field) for c in runs})
-        rows.append({'check': check, 'ok': len(values) == 1, 'values': values[0] if len(values) == 1 else values})
+        values = sorted({_value(c, field) for c in runs.values()})
+        rows.append({'check': check, 'ok': len(values) == 1, 'values': values[0] if len(values) == 1 else _differences(runs, field)})
     for check, problems in _per_run_problems(configs, study).items():
         rows.append({'check': check, 'ok': not problems, 'values': problems or 'every run'})
     return pd.DataFrame(rows, columns=['check', 'ok', 'values'])
@@ -165,11 +188,12 @@ def fairness_audit(configs: dict[tuple[str, int], dict], study: Preset) -> pd.Da
 class UnfairComparison(ValueError): pass
 
 def require_fair(audit: pd.DataFrame) -> None:
-    "Raise `UnfairComparison` naming every failed check."
+    "Raise `UnfairComparison` naming every failed check and, in it, each run that differs and the field."
     bad = audit[~audit.ok]
     if len(bad):
-        raise UnfairComparison("refusing to compare these runs: they differ in " +
-                               "; ".join(f"{r.check} ({r.values})" for r in bad.itertuples()))
+        raise UnfairComparison("refusing to compare these runs. " + "; ".join(
+            f"{r.check}: {'; '.join(r.values) if isinstance(r.values, list) else r.values}" for r in bad.itertuples()) +
+            ". Rerun the runs named (move their directories away first), or remove them from the study")
 
 # %% ../nbs/10_analysis.ipynb #00ec65e1
 def study_results(study: Preset | str, root: Path | None = None, failed: list[dict] | None = None) -> dict:

@@ -4,26 +4,27 @@
 
 # %% ../nbs/11_study.ipynb #15cfba92
 from __future__ import annotations
-import json, os, subprocess, sys
+import hashlib, html, json, os, subprocess, sys, threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+import psutil
 from tqdm import tqdm
-from .config import ConfigError, PRESETS, Preset, preset_to_dict, project_root
+from .config import ConfigError, PRESETS, Preset, check_seeds, preset_to_dict, project_root
 from .analysis import study_results
+from .data import load_data
 from .fileio import write_json_atomic, write_text_atomic
 from .params import flops_per_token, variant_config
 from .device import run_threads
-from .trainer import run_dir, runs_root
+from .trainer import LAUNCHER_ENV, TrainingError, finished_summary, plan_run, resolve_run, run_dir, runs_root
 
 # %% auto #0
-__all__ = ['notebook', 'run_complete', 'write_study', 'study_argument', 'RunFailed', 'execute_run', 'RunOutcome', 'default_jobs',
-           'sweep', 'report_root', 'render_report', 'StudyOutcome', 'run_study']
+__all__ = ['TRAIN_PARAMETERS', 'notebook', 'write_study', 'study_argument', 'RunFailed', 'Processes', 'execute_run',
+           'check_parameters', 'RunOutcome', 'Interrupted', 'default_jobs', 'sweep', 'report_root', 'ReportRefused',
+           'render_report', 'StudyOutcome', 'run_study']
 
 # %% ../nbs/11_study.ipynb #2960596f
 def notebook(name: str) -> Path: return project_root() / 'nbs' / name
-
-def run_complete(path: Path) -> bool: return (Path(path) / 'summary.json').exists()
 
 def write_study(study: Preset, root: Path) -> Path:
     "Write the declaration to <root>/<study>/study.json (atomically) and return its path."
@@ -39,7 +40,43 @@ def study_argument(study: Preset, root: Path) -> str:
 class RunFailed(RuntimeError):
     "A run's notebook failed; the message is papermill's report, ending with the error the notebook raised."
 
-def execute_run(study: Preset, variant: str, seed: int, root: Path) -> Path:
+class Processes:
+    """The papermill processes a sweep has running. Each starts in a session of its own, so a Ctrl-C in the
+    terminal reaches the study alone, which then stops them all together (`stop`) and launches no more.
+    Each is told the study's process id (`LAUNCHER_ENV`): if the study dies without stopping them
+    (`kill -9`), the training loop notices and stops too (chapter 08)."""
+    def __init__(self): self._lock, self._running, self.stopped = threading.Lock(), set(), False
+
+    def run(self, cmd: list[str]) -> tuple[int, str]:
+        "Run `cmd` to the end; (exit status, stderr). `RunFailed` if the study is stopping."
+        with self._lock:
+            if self.stopped: raise RunFailed("not started: the study was interrupted")
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True, env={**os.environ, LAUNCHER_ENV: str(os.getpid())})
+            self._running.add(proc)
+        try: _, err = proc.communicate()
+        finally:
+            with self._lock: self._running.discard(proc)
+        return proc.returncode, err
+
+    def stop(self, grace: float = 10.0) -> int:
+        "Launch nothing more; terminate every running process and its children (the kernel); the number stopped."
+        with self._lock:
+            self.stopped, running = True, list(self._running)
+        tree = []
+        for proc in running:
+            try: p = psutil.Process(proc.pid); tree += [p, *p.children(recursive=True)]
+            except psutil.NoSuchProcess: pass
+        for p in tree:
+            try: p.terminate()
+            except psutil.NoSuchProcess: pass
+        _, alive = psutil.wait_procs(tree, timeout=grace)
+        for p in alive:
+            try: p.kill()
+            except psutil.NoSuchProcess: pass
+        return len(running)
+
+def execute_run(study: Preset, variant: str, seed: int, root: Path, processes: Processes) -> Path:
     """Execute nbs/train.ipynb for one run in its own papermill process (so that runs can execute side by
     side); the executed notebook is saved as <run>/train.ipynb."""
     out = run_dir(study.name, variant, seed, root)
@@ -47,9 +84,19 @@ def execute_run(study: Preset, variant: str, seed: int, root: Path) -> Path:
     cmd = [sys.executable, '-m', 'papermill', str(notebook('train.ipynb')), str(out / 'train.ipynb'),
            '--cwd', str(project_root()), '--no-progress-bar', '-p', 'preset', study_argument(study, root),
            '-p', 'variant', variant, '-p', 'seed', str(seed), '-p', 'runs_dir', str(root)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0: raise RunFailed(res.stderr.strip() or f"papermill exited with status {res.returncode}")
+    code, err = processes.run(cmd)
+    if code != 0: raise RunFailed(err.strip() or f"papermill exited with status {code}")
     return out
+
+# %% ../nbs/11_study.ipynb #a02c82f6
+TRAIN_PARAMETERS = ('preset', 'variant', 'seed', 'data', 'overrides', 'runs_dir')
+
+def check_parameters(given: dict, expected: tuple[str, ...] = TRAIN_PARAMETERS, notebook: str = 'train.ipynb') -> None:
+    "`ConfigError` for a parameter `notebook` does not declare (a typo papermill would only warn about)."
+    unknown = sorted(set(given) - set(expected))
+    if unknown:
+        raise ConfigError(f"{notebook} has no parameter {', '.join(map(repr, unknown))}; its parameters are "
+                          f"{', '.join(expected)} (a misspelled one would be ignored and the run would use the default)")
 
 # %% ../nbs/11_study.ipynb #45f3f8e6
 @dataclass
@@ -62,7 +109,10 @@ class RunOutcome:
 
 def _error_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
-    return next((l for l in reversed(text) if l.strip()), type(e).__name__)[:500]
+    return next((l for l in reversed(text) if l.strip()), type(e).__name__)
+
+class Interrupted(KeyboardInterrupt):
+    "The study was interrupted (Ctrl-C, SIGTERM): no new run started, the running ones were stopped."
 
 def default_jobs(study: Preset) -> int:
     """Runs a sweep executes at once: on a CPU, one per `threads` cores when the study fixes its runs'
@@ -70,63 +120,107 @@ def default_jobs(study: Preset) -> int:
     threads = run_threads(study.train)
     return 1 if threads is None else max(1, len(os.sched_getaffinity(0)) // threads)
 
+def _finished(study: Preset, run: tuple[str, int], path: Path, data) -> RunOutcome | None:
+    "'complete' if `path` holds this very run finished, 'failed' if it holds another, None if it is not finished."
+    try:
+        identity = plan_run(resolve_run(study, *run), data)[3]
+        return RunOutcome(*run, str(path), 'complete') if finished_summary(path, identity) is not None else None
+    except TrainingError as e: return RunOutcome(*run, str(path), 'failed', str(e))
+
 def sweep(study: Preset, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
           execute=execute_run, jobs: int | None = None) -> list[RunOutcome]:
     """Run every variant × seed of `study` (default: all it declares, its default seeds) that is not complete,
     `jobs` at a time (None: `default_jobs`), the most FLOPs per token first so the last to finish are the
-    short ones; a failure is recorded and the sweep goes on."""
-    if jobs is not None and not (isinstance(jobs, int) and jobs > 0):
+    short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
+    the variants, the seeds (a repeated one runs once), the corpus, and each finished run's identity.
+    An interrupt launches nothing more, stops the running runs and raises `Interrupted`."""
+    if jobs is not None and not (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs > 0):
         raise ConfigError(f"jobs={jobs!r}: must be a positive integer (the number of runs executed at once)")
-    variants = list(variants or study.variant_names)
+    variants = list(dict.fromkeys(variants or study.variant_names))
     for v in variants: study.variant(v)
-    seeds = list(study.seeds if seeds is None else seeds)
+    seeds = check_seeds(study.seeds if seeds is None else seeds, 'seed')
     root = Path(root or runs_root())
+    data = load_data(study)                         # a bad corpus fails here; the cache is built once, not per run
     write_study(study, root)
     todo = [(v, s) for s in seeds for v in variants]
     paths = {run: run_dir(study.name, *run, root) for run in todo}
-    outcomes = {run: RunOutcome(*run, str(paths[run]), 'complete') for run in todo if run_complete(paths[run])}
+    outcomes = {run: o for run in todo if (o := _finished(study, run, paths[run], data)) is not None}
     cost = {v: flops_per_token(variant_config(study, v)) for v in variants}
     pending = sorted((run for run in todo if run not in outcomes), key=lambda run: -cost[run[0]])
+    processes = Processes()
 
     def execute_one(run) -> RunOutcome:
         try:
-            execute(study, *run, root)
+            execute(study, *run, root, processes)
             return RunOutcome(*run, str(paths[run]), 'executed')
         except Exception as e:                      # keep going: the report lists what failed
             return RunOutcome(*run, str(paths[run]), 'failed', _error_line(e))
 
     with tqdm(total=len(todo), initial=len(outcomes), desc=f"study {study.name}", unit='run', disable=not progress) as bar, \
          ThreadPoolExecutor(jobs or default_jobs(study)) as pool:
-        for future in as_completed([pool.submit(execute_one, run) for run in pending]):
-            o = future.result()
-            outcomes[(o.variant, o.seed)] = o
-            bar.set_postfix_str(f"{o.variant} seed {o.seed} {o.status}")
-            bar.update()
+        futures = [pool.submit(execute_one, run) for run in pending]
+        try:
+            for future in as_completed(futures):
+                o = future.result()
+                outcomes[(o.variant, o.seed)] = o
+                bar.set_postfix_str(f"{o.variant} seed {o.seed} {o.status}")
+                bar.update()
+        except KeyboardInterrupt:                   # Ctrl-C, or SIGTERM (the command line turns it into one)
+            for f in futures: f.cancel()
+            stopped = processes.stop()
+            raise Interrupted(f"interrupted: {stopped} running run(s) stopped, {sum(f.cancelled() for f in futures)} "
+                              "not started; every run resumes from its last checkpoint when the study runs again") from None
     return [outcomes[run] for run in todo]
 
 # %% ../nbs/11_study.ipynb #cd2dbc54
 def report_root() -> Path: return project_root() / 'report'
 
+class ReportRefused(RuntimeError):
+    "The report cannot be rendered from these runs; the message says why and what to do."
+
+def _refusal_page(study: Preset, reason: str) -> str:
+    return (f"<!doctype html><meta charset='utf-8'><title>{html.escape(study.name)}: report refused</title>"
+            "<body style='font-family: sans-serif; max-width: 60em; margin: 2em auto'>"
+            f"<h1>{html.escape(study.name)}: report refused</h1><p>This study's report could not be rendered, so no "
+            f"numbers are shown. The reason:</p><pre style='white-space: pre-wrap'>{html.escape(reason)}</pre>"
+            "<p><code>results.json</code> beside this page holds the runs' numbers and the fairness audit. Fix what is "
+            f"named above, then run <code>python -m moe_study study --preset {html.escape(study.name)}</code> again.</p>")
+
+def _digest(results: dict) -> str: return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
+
 def render_report(study: Preset, runs: Path | None = None, reports: Path | None = None,
                   failed: list[dict] | None = None, force: bool = False) -> tuple[Path, bool]:
-    "Write results.json and render index.html for `study`; returns (report dir, whether it was rendered)."
+    """Write results.json and render index.html for `study`; returns (report dir, whether it was rendered).
+    `ReportRefused` (and a refusal page as index.html) when the runs cannot be reported."""
     import papermill as pm
     from nbconvert import HTMLExporter
+    from moe_study.analysis import require_fair
+    import pandas as pd
     runs = Path(runs or runs_root())
     out = Path(reports or report_root()) / study.name
     out.mkdir(parents=True, exist_ok=True)
     results = json.loads(json.dumps(study_results(study, runs, failed), default=str))
-    previous = out / 'results.json'
-    unchanged = previous.exists() and json.loads(previous.read_text()) == results
-    if unchanged and (out / 'index.html').exists() and not force: return out, False
-    write_json_atomic(previous, results)
-    write_study(study, runs)
-    pm.execute_notebook(str(notebook('report.ipynb')), str(out / 'report.ipynb'), cwd=str(project_root()),
-                        parameters={'preset': study_argument(study, runs), 'runs_dir': str(runs), 'report_dir': str(out)},
-                        progress_bar=False)
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    html, _ = exporter.from_filename(str(out / 'report.ipynb'))
-    write_text_atomic(out / 'index.html', html)
+    write_json_atomic(out / 'results.json', results)
+    stamp = out / '.rendered'                       # the digest of the results index.html shows
+    if not force and (out / 'index.html').exists() and stamp.exists() and stamp.read_text() == _digest(results):
+        return out, False
+    stamp.unlink(missing_ok=True)
+    try:
+        if not results['variants']:
+            raise ReportRefused(f"no complete run of study {study.name} in {runs / study.name}; train them first with "
+                                f"`python -m moe_study study --preset {study.name}`")
+        require_fair(pd.DataFrame(results['audit'], columns=['check', 'ok', 'values']))
+        write_study(study, runs)
+        pm.execute_notebook(str(notebook('report.ipynb')), str(out / 'report.ipynb'), cwd=str(project_root()),
+                            parameters={'preset': study_argument(study, runs), 'runs_dir': str(runs), 'report_dir': str(out)},
+                            progress_bar=False)
+        exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+        page, _ = exporter.from_filename(str(out / 'report.ipynb'))
+    except Exception as e:
+        write_text_atomic(out / 'index.html', _refusal_page(study, _error_line(e)))
+        raise ReportRefused(_error_line(e)) from None
+    write_text_atomic(out / 'index.html', page)
+    write_text_atomic(stamp, _digest(results))
     return out, True
 
 # %% ../nbs/11_study.ipynb #fceb7dd1
@@ -151,5 +245,5 @@ def run_study(study: Preset, variants=None, seeds=None, runs: Path | None = None
     try:
         report, rendered = render_report(study, runs, reports, failed)
         return StudyOutcome(study.name, outcomes, report, rendered)
-    except Exception as e:                          # the runs stay; the reason is reported, not a traceback
-        return StudyOutcome(study.name, outcomes, Path(reports or report_root()) / study.name, False, _error_line(e))
+    except ReportRefused as e:                      # the runs stay; the reason is reported, not a traceback
+        return StudyOutcome(study.name, outcomes, Path(reports or report_root()) / study.name, False, str(e))

@@ -19,10 +19,11 @@ from .model import Decoder
 from .params import count_params, flops_per_token, variant_config, variant_match
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'TIMING_FIELDS', 'TrainingError', 'make_optimizer', 'lr_at', 'evaluate', 'runs_root', 'run_dir',
-           'git_commit', 'state_digest', 'nonfinite_tensors', 'NonFiniteWeights', 'save_checkpoint', 'load_checkpoint',
-           'truncate_metrics', 'NonFiniteLoss', 'train_step', 'RunSpec', 'resolve_run', 'total_steps', 'run_identity',
-           'plan_run', 'finished_summary', 'describe_run', 'sample_stories', 'train', 'read_metrics']
+__all__ = ['CHECKPOINT_KEYS', 'TIMING_FIELDS', 'LAUNCHER_ENV', 'TrainingError', 'make_optimizer', 'lr_at', 'evaluate',
+           'runs_root', 'run_dir', 'git_commit', 'state_digest', 'nonfinite_tensors', 'NonFiniteWeights',
+           'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss', 'train_step', 'RunSpec',
+           'resolve_run', 'total_steps', 'run_identity', 'plan_run', 'finished_summary', 'describe_run',
+           'sample_stories', 'train', 'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #dafacdec
 class TrainingError(RuntimeError):
@@ -310,6 +311,17 @@ def _better(best: dict | None, rec: dict) -> dict:
     if best is not None and rec['loss'] >= best['loss']: return best
     return {'step': rec['step'], 'loss': rec['loss'], 'bpb': rec['bpb'], 'tokens': rec['eval_tokens']}
 
+LAUNCHER_ENV = 'MOE_STUDY_LAUNCHER_PID'   # set by a study for the runs it launches
+
+def _launcher_gone() -> bool:
+    "True when the study that launched this run (its process id in `LAUNCHER_ENV`) no longer exists."
+    pid = os.environ.get(LAUNCHER_ENV)
+    if not pid: return False
+    try: os.kill(int(pid), 0)
+    except ProcessLookupError: return True
+    except (PermissionError, ValueError): return False
+    return False
+
 def _kept(ckpt_step: int | None, ckpt_path: Path) -> str:
     "What a stopped run leaves to resume from, truthfully."
     if ckpt_step is None: return f"no checkpoint was written, so a rerun starts from step 0"
@@ -349,6 +361,10 @@ def _train(spec: RunSpec, out: Path, progress: bool, until: int | None) -> dict 
                disable=not progress, mininterval=1.0)
     t_last, step_last, run_start = time.perf_counter(), start, time.perf_counter() - elapsed
     for step in range(start, min(steps, until or steps)):
+        if _launcher_gone():                      # a study killed with -9 leaves no orphan training on (a syscall)
+            log.close()
+            raise TrainingError(f"the study that launched {out} has exited; stopped at step {step}, and "
+                                f"{_kept(ckpt_step, ckpt_path)}; running the study again resumes it")
         lr = lr_at(step, cfg, steps)
         x, y = (t.to(device, non_blocking=True) for t in sampler.batch(step))
         try:
