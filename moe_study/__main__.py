@@ -42,7 +42,9 @@ def parse_overrides(pairs: list[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: expected FIELD=VALUE, e.g. --set max_steps=100 or --set model.n_experts=8")
         try: out[key] = json.loads(value)
-        except json.JSONDecodeError: out[key] = value
+        except json.JSONDecodeError:
+            try: out[key] = float(value)            # inf, nan: numbers, refused by the config as such
+            except ValueError: out[key] = value
     return out
 
 def study_from_args(args) -> Preset:

@@ -143,13 +143,15 @@ def _value(config: dict, field) -> str:
     if field in flat: return str(flat[field])
     return json.dumps({k.removeprefix(field + '.'): v for k, v in flat.items() if k.startswith(field + '.')}, sort_keys=True)
 
-def _differences(configs: dict, field) -> list[str]:
-    "Each run whose value of `field` differs from the most common one, named with the fields that differ."
+def _differences(configs: dict, field, reference: str) -> list[str]:
+    """Each run whose value of `field` differs from the most common one (on a tie, the one the `reference`
+    variant's runs hold), named with the fields that differ."""
     fields = field if isinstance(field, tuple) else (field,)
     sub = {run: {k: v for k, v in flatten(c).items() if any(k == f or k.startswith(f + '.') for f in fields)}
            for run, c in configs.items()}
     keys = {run: json.dumps(s, sort_keys=True) for run, s in sub.items()}
-    common_key = Counter(keys.values()).most_common(1)[0][0]
+    count, held_by_reference = Counter(keys.values()), {k for run, k in keys.items() if run[0] == reference}
+    common_key = max(count, key=lambda k: (count[k], k in held_by_reference))
     common, out = json.loads(common_key), []
     for (variant, seed), key in keys.items():
         if key == common_key: continue
@@ -180,7 +182,7 @@ def fairness_audit(configs: dict[tuple[str, int], dict], study: Preset) -> pd.Da
         runs = {r: c for r, c in configs.items() if applies is None or (r[0] in study.variant_names and applies(study, r[0]))}
         if not runs: continue
         values = sorted({_value(c, field) for c in runs.values()})
-        rows.append({'check': check, 'ok': len(values) == 1, 'values': values[0] if len(values) == 1 else _differences(runs, field)})
+        rows.append({'check': check, 'ok': len(values) == 1, 'values': values[0] if len(values) == 1 else _differences(runs, field, study.variant_names[0])})
     for check, problems in _per_run_problems(configs, study).items():
         rows.append({'check': check, 'ok': not problems, 'values': problems or 'every run'})
     return pd.DataFrame(rows, columns=['check', 'ok', 'values'])

@@ -108,8 +108,8 @@ def _read_parquet(f: Path, field: str) -> list[str]:
     import pyarrow.parquet as pq
     try: schema = pq.read_schema(f)
     except Exception as e:
-        raise DataError(f"cannot read {f} as parquet ({type(e).__name__}: {e}); check that it is an intact "
-                        ".parquet file") from None
+        raise DataError(f"cannot read {f} as parquet ({type(e).__name__}: {' '.join(str(e).split())}); check that "
+                        "it is an intact .parquet file") from None
     if field not in schema.names:
         raise DataError(f"{f} has no column {field!r} (it has {schema.names}); set DataConfig.text_field "
                         "to the column that holds the text")
@@ -118,7 +118,7 @@ def _read_parquet(f: Path, field: str) -> list[str]:
         raise DataError(f"{f}: column {field!r} holds {kind}, not text; set DataConfig.text_field to the text column")
     try: column = pq.read_table(f, columns=[field]).column(field).to_pylist()
     except Exception as e:
-        raise DataError(f"cannot read the {field!r} column of {f} ({type(e).__name__}: {e}); the file is damaged: "
+        raise DataError(f"cannot read the {field!r} column of {f} ({type(e).__name__}: {' '.join(str(e).split())}); the file is damaged: "
                         "write it again, or remove it from the corpus") from None
     return [t for t in column if t is not None]
 

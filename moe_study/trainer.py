@@ -286,8 +286,9 @@ def train(preset: Preset | str, variant: str, seed: int = 0, *, data: str | None
     if until is not None and not (isinstance(until, int) and not isinstance(until, bool) and until >= 1):
         raise ConfigError(f"until={until!r}: must be a step >= 1 (the run stops after that step's checkpoint)")
     out = Path(out_dir) if out_dir is not None else run_dir(spec.preset.name, variant, seed)
+    data = load_data(spec.preset)           # a bad corpus is refused before the run directory exists
     with cpu_threads(run_threads(spec.train)), exclusive(out, 'this run'):     # one writer per run directory
-        return _train(spec, out, progress, until)
+        return _train(spec, data, out, progress, until)
 
 def _resume(ckpt_path: Path, out: Path, identity: dict, model, optimizer, device) -> tuple[int, dict | None, float]:
     "Load the checkpoint into `model` and `optimizer` after checking its identity; (step, best, elapsed)."
@@ -327,10 +328,9 @@ def _kept(ckpt_step: int | None, ckpt_path: Path) -> str:
     if ckpt_step is None: return f"no checkpoint was written, so a rerun starts from step 0"
     return f"the checkpoint of step {ckpt_step} ({ckpt_path}) is kept and finite"
 
-def _train(spec: RunSpec, out: Path, progress: bool, until: int | None) -> dict | None:
+def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: int | None) -> dict | None:
     cfg = spec.train
     device, dtype = resolve_device(cfg)
-    data = load_data(spec.preset)
     seq_len, sampler, steps, identity = plan_run(spec, data)
     finished = finished_summary(out, identity)
     if finished is not None: return finished
