@@ -474,7 +474,8 @@ LONG = ['--set', 'max_steps=100000', '--set', 'log_every=1', '--set', 'checkpoin
 
 
 def training_started(runs: Path, n: int) -> bool:
-    return sum(1 for m in runs.rglob('metrics.jsonl') if any(r['split'] == 'train' for r in read_metrics(m.parent))) >= n
+    "At least `n` runs under `runs` have written a checkpoint."
+    return len(list(runs.rglob('checkpoint.pt'))) >= n
 
 
 def wait_for(condition, timeout: float, what: str):
