@@ -161,7 +161,7 @@ def run_study_command(args) -> int:
     done = sum(r.status == 'complete' for r in outcome.runs)
     print(f"{len(outcome.executed)} run(s) executed, {done} already complete, {len(outcome.failed)} failed")
     if outcome.report_error:
-        print(f"REPORT FAILED: {outcome.report_error} (see {outcome.report / 'report.ipynb'})", file=sys.stderr)
+        print(f"REPORT FAILED: {outcome.report_error} (the page says so: {outcome.report / 'index.html'})", file=sys.stderr)
     else:
         print(f"report: {outcome.report / 'index.html'}" + ('' if outcome.rendered else ' (unchanged, not re-rendered)'))
     for r in outcome.failed: print(f"FAILED {r.variant} seed {r.seed}: {r.error} (see {r.path}/train.ipynb)", file=sys.stderr)

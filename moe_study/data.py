@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 import moe_study
 from .config import DataConfig, Preset, cache_root, get_preset
-from .fileio import write_json_atomic
+from .fileio import naming, write_json_atomic
 from .stories import GENERATOR_VERSION, make_world, synthetic_stories
 
 # %% auto #0
@@ -242,7 +242,7 @@ def _tokenize_split(chunks: Iterator[list[str]], tok, out: Path, desc: str, tota
     "Encode document chunks into `out` (uint16, EOS after each document); counts and hash."
     h, n_docs, n_tokens, n_bytes = hashlib.sha256(), 0, 0, 0
     threads = os.cpu_count() or 1
-    with open(out, 'wb') as f, tqdm(total=total, desc=desc, unit='doc', mininterval=1.0) as bar:
+    with open(out, 'wb') as f, naming(out), tqdm(total=total, desc=desc, unit='doc', mininterval=1.0) as bar:
         for chunk in chunks:
             ids = tok.encode(chunk, num_threads=threads)
             arr = np.fromiter(itertools.chain.from_iterable(d + [EOS_ID] for d in ids), dtype=np.uint16,

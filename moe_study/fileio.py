@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['write_atomic', 'write_text_atomic', 'write_json_atomic', 'Busy', 'exclusive', 'os_error_message', 'flatten',
+__all__ = ['write_atomic', 'write_text_atomic', 'write_json_atomic', 'Busy', 'exclusive', 'os_error_message', 'naming', 'flatten',
            'config_drift']
 
 # %% ../nbs/01_fileio.ipynb #a9808712
@@ -67,6 +67,14 @@ def os_error_message(e: OSError) -> str:
     where = e.filename or 'a file'
     fix = _FIXES.get(e.errno, "fix the path or the disk")
     return f"{where}: {e.strerror or e}; {fix}, then run again (what was written before is kept)"
+
+@contextmanager
+def naming(path: Path):
+    "Give an `OSError` raised in the block the file name `path` when it has none (a write to an open file has none)."
+    try: yield
+    except OSError as e:
+        if e.filename is None: raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
 
 # %% ../nbs/01_fileio.ipynb #ebaf30a9
 def flatten(d: dict, prefix: str = '') -> dict:

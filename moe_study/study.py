@@ -178,13 +178,18 @@ def report_root() -> Path: return project_root() / 'report'
 class ReportRefused(RuntimeError):
     "The report cannot be rendered from these runs; the message says why and what to do."
 
-def _refusal_page(study: Preset, reason: str) -> str:
-    return (f"<!doctype html><meta charset='utf-8'><title>{html.escape(study.name)}: report refused</title>"
-            "<body style='font-family: sans-serif; max-width: 60em; margin: 2em auto'>"
-            f"<h1>{html.escape(study.name)}: report refused</h1><p>This study's report could not be rendered, so no "
-            f"numbers are shown. The reason:</p><pre style='white-space: pre-wrap'>{html.escape(reason)}</pre>"
-            "<p><code>results.json</code> beside this page holds the runs' numbers and the fairness audit. Fix what is "
-            f"named above, then run <code>python -m moe_study study --preset {html.escape(study.name)}</code> again.</p>")
+def _refusal_page(study: Preset, reason: str, audit: list[dict], preset_argument: str) -> str:
+    "The page index.html becomes when a report is refused: why, each failed audit check, and what to do."
+    e = html.escape
+    failed = [(r['check'], r['values'] if isinstance(r['values'], list) else [r['values']]) for r in audit if not r['ok']]
+    checks = ''.join(f"<li><b>{e(c)}</b><ul>{''.join(f'<li>{e(str(v))}</li>' for v in values)}</ul></li>" for c, values in failed)
+    return (f"<!doctype html><meta charset='utf-8'><title>{e(study.name)}: report refused</title>"
+            "<body style='font-family: sans-serif; max-width: 60em; margin: 2em auto; line-height: 1.4'>"
+            f"<h1>{e(study.name)}: report refused</h1><p>This study's report could not be rendered, so no numbers are "
+            f"shown. The reason:</p><pre style='white-space: pre-wrap'>{e(reason)}</pre>"
+            + (f"<p>The fairness audit checks that failed:</p><ul>{checks}</ul>" if checks else '') +
+            "<p><code>results.json</code> beside this page holds the runs' numbers and the whole audit. Fix what is "
+            f"named above, then run <code>python -m moe_study study --preset {e(preset_argument)}</code> again.</p>")
 
 def _digest(results: dict) -> str: return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
 
@@ -217,7 +222,9 @@ def render_report(study: Preset, runs: Path | None = None, reports: Path | None 
         exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
         page, _ = exporter.from_filename(str(out / 'report.ipynb'))
     except Exception as e:
-        write_text_atomic(out / 'index.html', _refusal_page(study, _error_line(e)))
+        write_text_atomic(out / 'index.html', _refusal_page(study, _error_line(e), results['audit'],
+                                                             study_argument(study, runs) +
+                                                             ('' if runs == runs_root() else f" --runs-dir {runs}")))
         raise ReportRefused(_error_line(e)) from None
     write_text_atomic(out / 'index.html', page)
     write_text_atomic(stamp, _digest(results))

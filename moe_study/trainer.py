@@ -14,7 +14,7 @@ import moe_study
 from .config import MAX_SEED, ConfigError, ModelConfig, Preset, TrainConfig, project_root, study_with, valid_seed
 from .data import BatchSampler, TokenCache, load_data, val_batches
 from .device import autocast, cpu_threads, peak_flops, resolve_device, run_threads
-from .fileio import config_drift, exclusive, write_atomic, write_json_atomic, write_text_atomic
+from .fileio import config_drift, exclusive, naming, write_atomic, write_json_atomic, write_text_atomic
 from .model import Decoder
 from .params import count_params, flops_per_token, variant_config, variant_match
 
@@ -354,50 +354,47 @@ def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: in
     validate = lambda step: _val_record(model, data, spec, seq_len, step, device, dtype)
 
     model.train()
-    log = open(metrics_path, 'a')
-    if start == 0:
-        rec = validate(0); best = _better(best, rec); log.write(json.dumps(rec) + '\n')
     bar = tqdm(total=steps, initial=start, desc=f"{spec.preset.name}/{spec.variant}/seed{spec.seed}", unit='step',
                disable=not progress, mininterval=1.0)
     t_last, step_last, run_start = time.perf_counter(), start, time.perf_counter() - elapsed
-    for step in range(start, min(steps, until or steps)):
-        if _launcher_gone():                      # a study killed with -9 leaves no orphan training on (a syscall)
-            log.close()
-            raise TrainingError(f"the study that launched {out} has exited; stopped at step {step}, and "
-                                f"{_kept(ckpt_step, ckpt_path)}; running the study again resumes it")
-        lr = lr_at(step, cfg, steps)
-        x, y = (t.to(device, non_blocking=True) for t in sampler.batch(step))
-        try:
-            o, grad_norm = train_step(model, step_model, optimizer, x, y, lr, cfg.grad_clip, device, dtype)
-        except NonFiniteLoss as e:
-            log.close()
-            raise TrainingError(f"{e} at step {step + 1} in {out}; stopped before the weights changed, and "
-                                f"{_kept(ckpt_step, ckpt_path)}. This recipe diverges: lower the learning rate or raise "
-                                "warmup_steps (--set lr=... is a new study, in a directory of its own)") from None
-        done = step + 1
-        if done % cfg.log_every == 0 or done == steps:           # a train record
-            now = time.perf_counter()
-            tps = (done - step_last) * tokens_step / (now - t_last)
-            t_last, step_last = now, done
-            rec = {'step': done, 'tokens': done * tokens_step, 'split': 'train', 'loss': o.ce_loss.item(),
-                   'lb_loss': o.lb_loss.item(), 'z_loss': o.z_loss.item(), 'lr': lr,
-                   'grad_norm': grad_norm.item(), 'tokens_per_s': tps, 'mfu': tps * flops_tok / peak[0],
-                   'elapsed_s': now - run_start}
-            routing = model.routing_diagnostics()
-            if routing: rec['routing'] = routing
-            log.write(json.dumps(rec) + '\n'); log.flush()
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-        if done % cfg.eval_every == 0 or done == steps:          # a val record
-            rec = validate(done); best = _better(best, rec); log.write(json.dumps(rec) + '\n'); log.flush()
-        if done % cfg.checkpoint_every == 0 or done in (steps, until):
-            try: save_checkpoint(ckpt_path, model, optimizer, done, best, time.perf_counter() - run_start, identity)
-            except NonFiniteWeights as e:
-                log.close()
-                raise TrainingError(f"{e} in {out}; {_kept(ckpt_step, ckpt_path)}. This recipe diverges: lower the "
-                                    "learning rate or raise warmup_steps") from None
-            ckpt_step = done
-        bar.update(1)
-    log.close(); bar.close()
+    with open(metrics_path, 'a') as log, naming(metrics_path), bar:
+        def record(rec: dict) -> None: log.write(json.dumps(rec) + '\n'); log.flush()
+        if start == 0:
+            rec = validate(0); best = _better(best, rec); record(rec)
+        for step in range(start, min(steps, until or steps)):
+            if _launcher_gone():                  # a study killed with -9 leaves no orphan training on (a syscall)
+                raise TrainingError(f"the study that launched {out} has exited; stopped at step {step}, and "
+                                    f"{_kept(ckpt_step, ckpt_path)}; running the study again resumes it")
+            lr = lr_at(step, cfg, steps)
+            x, y = (t.to(device, non_blocking=True) for t in sampler.batch(step))
+            try:
+                o, grad_norm = train_step(model, step_model, optimizer, x, y, lr, cfg.grad_clip, device, dtype)
+            except NonFiniteLoss as e:
+                raise TrainingError(f"{e} at step {step + 1} in {out}; stopped before the weights changed, and "
+                                    f"{_kept(ckpt_step, ckpt_path)}. This recipe diverges: lower the learning rate or "
+                                    "raise warmup_steps (--set lr=... is a new study, in a directory of its own)") from None
+            done = step + 1
+            if done % cfg.log_every == 0 or done == steps:           # a train record
+                now = time.perf_counter()
+                tps = (done - step_last) * tokens_step / (now - t_last)
+                t_last, step_last = now, done
+                rec = {'step': done, 'tokens': done * tokens_step, 'split': 'train', 'loss': o.ce_loss.item(),
+                       'lb_loss': o.lb_loss.item(), 'z_loss': o.z_loss.item(), 'lr': lr,
+                       'grad_norm': grad_norm.item(), 'tokens_per_s': tps, 'mfu': tps * flops_tok / peak[0],
+                       'elapsed_s': now - run_start}
+                routing = model.routing_diagnostics()
+                if routing: rec['routing'] = routing
+                record(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            if done % cfg.eval_every == 0 or done == steps:          # a val record
+                rec = validate(done); best = _better(best, rec); record(rec)
+            if done % cfg.checkpoint_every == 0 or done in (steps, until):
+                try: save_checkpoint(ckpt_path, model, optimizer, done, best, time.perf_counter() - run_start, identity)
+                except NonFiniteWeights as e:
+                    raise TrainingError(f"{e} in {out}; {_kept(ckpt_step, ckpt_path)}. This recipe diverges: lower "
+                                        "the learning rate or raise warmup_steps") from None
+                ckpt_step = done
+            bar.update(1)
     if until is not None and until < steps: return None
 
     final = read_metrics(out)[-1]

@@ -423,6 +423,28 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(run_copy)
     assert code == 0, err
 
 
+def test_a_full_disk_while_building_the_token_cache_leaves_no_scratch(tmp_path):
+    (tmp_path / 'stories.txt').write_text('\n\n'.join(synthetic_stories(11, 50, 'train', 0, 3000)))
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+    res = subprocess.run([sys.executable, '-m', 'moe_study', 'data', '--preset', 'smoke', '--data', str(tmp_path / 'stories.txt'),
+                          *HELD_OUT], cwd=ROOT, capture_output=True, text=True, preexec_fn=small_disk)
+    assert res.returncode == 1 and 'File too large; free disk space' in res.stderr and '_cache' in res.stderr, res.stderr
+    no_traceback(res.stderr)
+    assert not list((ROOT / 'runs' / '_cache').glob('.building-*')), "a half-built cache was left behind"
+
+
+def test_an_unwritable_report_folder_is_an_error_not_a_traceback(finished):
+    study, runs, run = finished
+    if not Path('/sys').is_dir(): pytest.skip('no /sys to stand in for a read-only folder')
+    code, out, err = cli('study', '--preset', study, '--variants', 'moe', '--seeds', '0', '--runs-dir', runs,
+                         '--report-dir', '/sys/moe_study_report')
+    assert code == 1 and '/sys/moe_study_report' in err and 'choose a folder' in err, err
+    no_traceback(err)
+
+
 # --- 9. the report is robust; 1. a refused report stays refused ----------------------------------------------------
 
 def test_a_stray_folder_under_a_variant_is_skipped_with_a_warning(finished, tmp_path):
