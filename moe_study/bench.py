@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import numpy as np
 import torch
-from .config import ConfigError, Preset, TrainConfig, get_preset
+from .config import ConfigError, Preset, TrainConfig, get_preset, positive_int
 from .device import cpu_threads, measure_matmul_peak, peak_flops, resolve_device, run_threads
 from .model import Decoder
 from .params import flops_per_token, match_dense
@@ -22,7 +22,7 @@ def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compi
     """Step-time ratio of the study's MoE reference over a dense model matched to its active parameters, and
     fractions of the measured peak, measured in one run. On a CPU
     with the threads a training run of `preset` computes with (its `threads`), or `threads` when given."""
-    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+    if not positive_int(steps):
         raise ConfigError(f"steps={steps!r}: must be a positive integer (the timed steps per model)")
     device, _ = resolve_device(TrainConfig())
     preset = get_preset(preset or ('tinystories' if device.type == 'cuda' else 'cpu'))

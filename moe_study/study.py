@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import psutil
 from tqdm import tqdm
-from .config import ConfigError, PRESETS, Preset, check_seeds, preset_to_dict, project_root
+from .config import ConfigError, PRESETS, Preset, check_seeds, positive_int, preset_to_dict, project_root
 from .analysis import study_results
 from .data import load_data
 from .fileio import write_json_atomic, write_text_atomic
@@ -134,7 +134,7 @@ def sweep(study: Preset, variants=None, seeds=None, root: Path | None = None, pr
     short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
     the variants, the seeds (a repeated one runs once), the corpus, and each finished run's identity.
     An interrupt launches nothing more, stops the running runs and raises `Interrupted`."""
-    if jobs is not None and not (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs > 0):
+    if jobs is not None and not positive_int(jobs):
         raise ConfigError(f"jobs={jobs!r}: must be a positive integer (the number of runs executed at once)")
     variants = list(dict.fromkeys(variants or study.variant_names))
     for v in variants: study.variant(v)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 import moe_study
-from .config import MAX_SEED, ConfigError, ModelConfig, Preset, TrainConfig, project_root, study_with, valid_seed
+from .config import (MAX_SEED, ConfigError, ModelConfig, Preset, TrainConfig, positive_int, project_root,
+                              study_with, valid_seed)
 from .data import BatchSampler, TokenCache, load_data, val_batches
 from .device import autocast, cpu_threads, peak_flops, resolve_device, run_threads
 from .fileio import config_drift, exclusive, naming, write_atomic, write_json_atomic, write_text_atomic
@@ -283,7 +284,7 @@ def train(preset: Preset | str, variant: str, seed: int = 0, *, data: str | None
     has one. `data` and `overrides` change the study (a new identity, see `study_with`). Returns the summary;
     with `until`, stops after that step's checkpoint and returns None (call again to go on)."""
     spec = resolve_run(preset, variant, seed, data, overrides)
-    if until is not None and not (isinstance(until, int) and not isinstance(until, bool) and until >= 1):
+    if until is not None and not positive_int(until):
         raise ConfigError(f"until={until!r}: must be a step >= 1 (the run stops after that step's checkpoint)")
     out = Path(out_dir) if out_dir is not None else run_dir(spec.preset.name, variant, seed)
     data = load_data(spec.preset)           # a bad corpus is refused before the run directory exists
@@ -325,7 +326,7 @@ def _launcher_gone() -> bool:
 
 def _kept(ckpt_step: int | None, ckpt_path: Path) -> str:
     "What a stopped run leaves to resume from, truthfully."
-    if ckpt_step is None: return f"no checkpoint was written, so a rerun starts from step 0"
+    if ckpt_step is None: return "no checkpoint was written, so a rerun starts from step 0"
     return f"the checkpoint of step {ckpt_step} ({ckpt_path}) is kept and finite"
 
 def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: int | None) -> dict | None:
