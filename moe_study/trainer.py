@@ -112,6 +112,12 @@ def nonfinite_tensors(state) -> list[str]:
 
 class NonFiniteWeights(TrainingError): pass
 
+def _reason(e: Exception) -> str:
+    "An exception's reason in one line: an OSError's strerror, else its message's first line, else its type."
+    if isinstance(e, OSError) and e.strerror: return e.strerror
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
 def save_checkpoint(path: Path, model, optimizer, step: int, best: dict | None, elapsed: float, identity: dict) -> None:
     "Write the checkpoint atomically, with its digest; `TrainingError` (the previous checkpoint kept) if it cannot."
     state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step, 'best': best,
@@ -125,8 +131,7 @@ def save_checkpoint(path: Path, model, optimizer, step: int, best: dict | None, 
     state['sha256'] = state_digest(state)
     try: write_atomic(path, lambda tmp: torch.save(state, tmp))
     except (OSError, RuntimeError) as e:         # torch reports a full disk as a RuntimeError ("unexpected pos")
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainingError(f"could not write the checkpoint {path} ({why}; is the disk full?); the previous checkpoint, "
+        raise TrainingError(f"could not write the checkpoint {path} ({_reason(e)}; is the disk full?); the previous checkpoint, "
                             "if any, is kept: free disk space and run again to resume from it") from None
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
@@ -135,8 +140,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        text = str(e).strip()
-        why = text.splitlines()[0][:200] if text else ('an empty file' if path.stat().st_size == 0 else 'a damaged file')
+        why = 'an empty file' if path.stat().st_size == 0 else _reason(e)
         raise TrainingError(f"checkpoint {path} cannot be read ({type(e).__name__}: {why}); {fix}") from None
     missing = [k for k in (*CHECKPOINT_KEYS, 'sha256') if k not in state] if isinstance(state, dict) else ['everything']
     if missing:
