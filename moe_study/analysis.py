@@ -9,16 +9,17 @@ from collections import Counter
 from pathlib import Path
 import numpy as np
 import pandas as pd
+from scipy import stats
 from .config import Preset, get_preset
 from .params import variant_config
 from .fileio import config_drift, flatten
-from .trainer import read_metrics, runs_root
+from .trainer import SEQUENCE_FILES, read_metrics, runs_root
 
 # %% auto #0
-__all__ = ['T_975', 'AUDIT_FIELDS', 'BASE_COLOURS', 'load_runs', 'load_metrics', 'load_configs', 't_975', 'mean_std_ci', 'fmt',
-           'variant_results', 'paired_gaps', 'val_curves', 'gap_curves', 'routing_curves', 'throughput',
-           'fairness_audit', 'UnfairComparison', 'require_fair', 'study_results', 'palette', 'plot_loss_curves',
-           'plot_gap_curves', 'plot_routing']
+__all__ = ['AUDIT_FIELDS', 'BASE_COLOURS', 'load_runs', 'load_metrics', 'load_configs', 't_975', 'mean_std_ci', 'fmt',
+           'sign_count', 'confirmation', 'load_sequences', 'multi_bootstrap', 'variant_results', 'paired_gaps',
+           'val_curves', 'gap_curves', 'routing_curves', 'throughput', 'fairness_audit', 'UnfairComparison',
+           'require_fair', 'study_results', 'palette', 'plot_loss_curves', 'plot_gap_curves', 'plot_routing']
 
 # %% ../nbs/10_analysis.ipynb #ec9ec126
 def load_runs(study: str, root: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
@@ -48,12 +49,9 @@ def load_configs(runs: pd.DataFrame) -> dict[tuple[str, int], dict]:
     return {(r.variant, r.seed): json.loads((Path(r.path) / 'config.json').read_text()) for r in runs.itertuples()}
 
 # %% ../nbs/10_analysis.ipynb #83f090cd
-T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
 def t_975(df: int) -> float:
-    "Two-sided 95% Student-t critical value for `df` degrees of freedom (normal beyond 30)."
-    return T_975[df - 1] if df <= len(T_975) else 1.960
+    "Two-sided 95% Student-t critical value for `df` degrees of freedom."
+    return float(stats.t.ppf(0.975, df))
 
 def mean_std_ci(values) -> dict:
     "n, mean, sample std (ddof=1) and the 95% t-interval of the mean; std and interval are NaN for n < 2."
@@ -67,6 +65,53 @@ def fmt(mean: float, std: float, digits: int = 4) -> str:
     "The seed study's format: '1.5788 ± 0.0020'."
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
 
+# %% ../nbs/10_analysis.ipynb #198554d4
+def sign_count(values, sign: float) -> int:
+    "How many of `values` have the sign of `sign`."
+    return int(sum(np.sign(v) == np.sign(sign) for v in values))
+
+def confirmation(seeds: list[int], values: list[float], design_seeds) -> dict | None:
+    """The gap measured on the seeds that played no part in the design: their mean, sample std, 95% t-interval,
+    the sign count k of n against the sign the design seeds showed, and the verdict in words (None: no such seed)."""
+    fresh = [(s, v) for s, v in zip(seeds, values) if s not in design_seeds]
+    design = [v for s, v in zip(seeds, values) if s in design_seeds]
+    if not fresh: return None
+    est = mean_std_ci([v for _, v in fresh])
+    claimed = float(np.sign(np.mean(design))) if design else float(np.sign(est['mean']))
+    lo, hi = est['ci95']
+    if not design: verdict = 'there were no design seeds, so every seed is a confirmation seed'
+    elif np.sign(est['mean']) != claimed: verdict = 'the fresh seeds contradict the sign the design seeds showed'
+    elif est['n'] > 1 and (lo > 0 or hi < 0): verdict = 'the fresh seeds confirm the sign the design seeds showed'
+    else: verdict = 'the fresh seeds agree with the design seeds on average but do not resolve the sign (their interval contains 0)'
+    return {'seeds': [s for s, _ in fresh], **est, 'sign_count': sign_count([v for _, v in fresh], claimed),
+            'design_sign': '+' if claimed > 0 else '-', 'verdict': verdict}
+
+def load_sequences(runs: pd.DataFrame, which: str = 'best') -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    "(variant, seed) -> (per-sequence loss sums, target counts) at the `which` ('best' | 'final') evaluation, for runs that kept them."
+    out = {}
+    for r in runs.itertuples():
+        f = Path(r.path) / SEQUENCE_FILES[which]
+        if f.exists():
+            with np.load(f) as z: out[(r.variant, r.seed)] = (z['loss_sum'], z['tokens'])
+    return out
+
+def multi_bootstrap(sequences: dict, a: str, b: str, seeds: list[int], n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """The paired multi-bootstrap of the gap a − b over seeds and evaluation sequences: the 95% percentile
+    interval and the standard error. None when fewer than two seeds kept sequences, or their evaluation sets differ."""
+    seeds = [s for s in seeds if (a, s) in sequences and (b, s) in sequences]
+    if len(seeds) < 2: return None
+    tokens = sequences[(a, seeds[0])][1].astype(float)
+    if any(not np.array_equal(sequences[(v, s)][1], tokens) for v in (a, b) for s in seeds): return None
+    diff = np.stack([sequences[(a, s)][0] - sequences[(b, s)][0] for s in seeds])      # (seeds, sequences)
+    rng = np.random.default_rng(seed)
+    n, m = diff.shape
+    seq_w = rng.multinomial(m, np.full(m, 1 / m), size=n_boot).astype(float)           # times each sequence is drawn
+    seed_w = rng.multinomial(n, np.full(n, 1 / n), size=n_boot) / n                   # share of each seed
+    replicates = (seed_w * (seq_w @ diff.T) / (seq_w @ tokens)[:, None]).sum(1)
+    lo, hi = np.percentile(replicates, [2.5, 97.5])
+    return {'seeds': seeds, 'sequences': m, 'n_boot': n_boot, 'ci95': [float(lo), float(hi)],
+            'se': float(replicates.std(ddof=1))}
+
 # %% ../nbs/10_analysis.ipynb #02b3f176
 def variant_results(runs: pd.DataFrame, order: list[str] = ()) -> dict:
     "Per variant (in `order`, then any others): seeds, best validation losses and bits per byte, mean ± std."
@@ -79,15 +124,21 @@ def variant_results(runs: pd.DataFrame, order: list[str] = ()) -> dict:
                         'bpb': mean_std_ci(r.best_val_bpb)}
     return out
 
-def paired_gaps(runs: pd.DataFrame, study: Preset) -> dict:
-    "Per declared comparison: the seeds both variants completed, the per-seed gaps, mean ± std and the 95% interval."
+def paired_gaps(runs: pd.DataFrame, study: Preset, sequences: dict | None = None) -> dict:
+    """Per declared comparison: the seeds both variants completed, the per-seed gaps, mean ± std and the 95%
+    t-interval, the sign count, the estimate from the confirmation seeds alone (`confirmation`) and, where
+    the runs kept their per-sequence losses, the multi-bootstrap interval (`bootstrap`)."""
     best = runs.pivot_table(index='seed', columns='variant', values='best_val_loss')
     out = {}
     for g in study.comparisons:
         if g.a not in best or g.b not in best: continue
         d = (best[g.a] - best[g.b]).dropna()
-        out[g.name] = {'minuend': g.a, 'subtrahend': g.b, 'positive': g.positive, 'seeds': d.index.tolist(),
-                       'values': d.tolist(), **mean_std_ci(d), 'published': study.published_gap(g)}
+        seeds, values = d.index.tolist(), d.tolist()
+        out[g.name] = {'minuend': g.a, 'subtrahend': g.b, 'positive': g.positive, 'seeds': seeds, 'values': values,
+                       **mean_std_ci(values), 'positive_seeds': sign_count(values, 1),
+                       'confirmation': confirmation(seeds, values, study.design_seeds),
+                       'bootstrap': multi_bootstrap(sequences or {}, g.a, g.b, seeds),
+                       'published': study.published_gap(g)}
     return out
 
 # %% ../nbs/10_analysis.ipynb #bc0e8f9c
@@ -202,12 +253,17 @@ def study_results(study: Preset | str, root: Path | None = None, failed: list[di
     study = get_preset(study)
     runs, incomplete = load_runs(study.name, root)
     audit = fairness_audit(load_configs(runs), study) if len(runs) else pd.DataFrame(columns=['check', 'ok', 'values'])
+    sequences = load_sequences(runs) if len(runs) else {}
     return {'preset': study.name, 'base': study.base, 'overrides': study.overrides,
-            'seeds': list(study.seeds), 'design_seeds': list(study.design_seeds),
-            'std': 'sample standard deviation over seeds (ddof=1)',
-            'interval': '95% Student-t interval of the mean over seeds',
+            'seeds': list(study.seeds), 'design_seeds': list(study.design_seeds), 'design_search': study.design_search,
+            'std': 'every ± and std: sample standard deviation over seeds (ddof=1), not a standard error',
+            'interval': '95% Student-t interval of the mean over seeds (scipy.stats.t)',
+            'confirmation': 'the same, from the seeds not in design_seeds alone; sign_count: how many of them have '
+                            'the sign the design seeds showed',
+            'bootstrap': 'paired multi-bootstrap over seeds and validation sequences at the best evaluation '
+                         '(2,000 replicates): 95% percentile interval; se, the replicates\' std (a standard error)',
             'variants': variant_results(runs, study.variant_names) if len(runs) else {},
-            'gaps': paired_gaps(runs, study) if len(runs) else {},
+            'gaps': paired_gaps(runs, study, sequences) if len(runs) else {},
             'published': {'source': study.published_source,
                           'variants': {v: {'mean': m, 'std': s} for v, (m, s) in study.published.items()},
                           'gaps': {g.name: study.published_gap(g) for g in study.comparisons

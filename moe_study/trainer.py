@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib, json, math, os, platform, subprocess, time
 from dataclasses import dataclass
 from pathlib import Path
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -20,11 +21,11 @@ from .model import Decoder
 from .params import count_params, flops_per_token, variant_config, variant_match
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'TIMING_FIELDS', 'LAUNCHER_ENV', 'TrainingError', 'make_optimizer', 'lr_at', 'evaluate',
-           'runs_root', 'run_dir', 'git_commit', 'state_digest', 'nonfinite_tensors', 'NonFiniteWeights',
+__all__ = ['CHECKPOINT_KEYS', 'TIMING_FIELDS', 'SEQUENCE_FILES', 'LAUNCHER_ENV', 'TrainingError', 'make_optimizer', 'lr_at',
+           'evaluate', 'runs_root', 'run_dir', 'git_commit', 'state_digest', 'nonfinite_tensors', 'NonFiniteWeights',
            'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss', 'train_step', 'RunSpec',
            'resolve_run', 'total_steps', 'run_identity', 'plan_run', 'finished_summary', 'describe_run',
-           'sample_stories', 'train', 'read_metrics']
+           'sample_stories', 'train', 'save_sequences', 'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #dafacdec
 class TrainingError(RuntimeError):
@@ -49,19 +50,23 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: TokenCache, seq_len: int, batch_size: int, n_tokens: int | None,
              device: torch.device, dtype: torch.dtype) -> dict:
-    "Validation loss (nats per token) and bits per byte on the fixed validation set."
+    """Validation loss (nats per token) and bits per byte on the fixed validation set, and per validation
+    sequence (window) its summed loss and its number of targets (`sequences`), for the bootstrap of chapter 10."""
     was_training = model.training
     model.eval()
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    total, count, sums, counts = torch.zeros((), dtype=torch.float64, device=device), 0, [], []
     for x, y in val_batches(data.tokens('val'), seq_len, batch_size, n_tokens):
         x, y = x.to(device), y.to(device)
         with autocast(device, dtype):
-            logits = model(x).logits
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction='sum').double()
+            logits = model(x).logits.float()
+        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction='sum').double()
         count += int((y != -1).sum())
+        per_token = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction='none').view(y.shape)
+        sums.append(per_token.double().sum(1)); counts.append((y != -1).sum(1))
     model.train(was_training)
     loss = (total / count).item()
-    return {'loss': loss, 'bpb': loss / math.log(2) / data.bytes_per_token('val'), 'tokens': count}
+    return {'loss': loss, 'bpb': loss / math.log(2) / data.bytes_per_token('val'), 'tokens': count,
+            'sequences': {'loss_sum': torch.cat(sums).cpu().numpy(), 'tokens': torch.cat(counts).cpu().numpy()}}
 
 # %% ../nbs/08_trainer.ipynb #b389e60d
 def runs_root() -> Path: return project_root() / 'runs'
@@ -307,10 +312,19 @@ def _resume(ckpt_path: Path, out: Path, identity: dict, model, optimizer, device
     if state['rng_cuda']: torch.cuda.set_rng_state_all(state['rng_cuda'])
     return state['step'], state['best'], state['elapsed']
 
-def _val_record(model, data, spec: RunSpec, seq_len: int, step: int, device, dtype) -> dict:
+SEQUENCE_FILES = {'best': 'val_sequences_best.npz', 'final': 'val_sequences_final.npz'}
+
+def save_sequences(path: Path, sequences: dict, step: int) -> None:
+    "Per-sequence validation losses (and the step they were measured at), written atomically as .npz."
+    def write(tmp):
+        with open(tmp, 'wb') as f: np.savez(f, step=step, **sequences)
+    write_atomic(path, write)
+
+def _val_record(model, data, spec: RunSpec, seq_len: int, step: int, device, dtype) -> tuple[dict, dict]:
+    "The metrics record of an evaluation at `step`, and its per-sequence losses."
     r = evaluate(model, data, seq_len, spec.train.batch_size, spec.preset.data.eval_tokens, device, dtype)
-    return {'step': step, 'tokens': step * spec.train.batch_size * seq_len, 'split': 'val',
-            'loss': r['loss'], 'bpb': r['bpb'], 'eval_tokens': r['tokens']}
+    return ({'step': step, 'tokens': step * spec.train.batch_size * seq_len, 'split': 'val',
+             'loss': r['loss'], 'bpb': r['bpb'], 'eval_tokens': r['tokens']}, r['sequences'])
 
 def _better(best: dict | None, rec: dict) -> dict:
     "The best validation result so far, as checkpoints keep it."
@@ -356,7 +370,6 @@ def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: in
     write_json_atomic(out / 'config.json', describe_run(spec, data, identity, device, dtype, peak))
     step_model = torch.compile(model) if cfg.compile else model
     flops_tok, tokens_step = flops_per_token(spec.model), cfg.batch_size * seq_len
-    validate = lambda step: _val_record(model, data, spec, seq_len, step, device, dtype)
 
     model.train()
     bar = tqdm(total=steps, initial=start, desc=f"{spec.preset.name}/{spec.variant}/seed{spec.seed}", unit='step',
@@ -364,8 +377,17 @@ def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: in
     t_last, step_last, run_start = time.perf_counter(), start, time.perf_counter() - elapsed
     with open(metrics_path, 'a') as log, naming(metrics_path), bar:
         def record(rec: dict) -> None: log.write(json.dumps(rec) + '\n'); log.flush()
-        if start == 0:
-            rec = validate(0); best = _better(best, rec); record(rec)
+
+        def validate(step: int) -> None:
+            "Evaluate and record; keep the per-sequence losses of a new best and of the final evaluation."
+            nonlocal best
+            rec, sequences = _val_record(model, data, spec, seq_len, step, device, dtype)
+            record(rec)
+            if best is None or rec['loss'] < best['loss']: save_sequences(out / SEQUENCE_FILES['best'], sequences, step)
+            if step == steps: save_sequences(out / SEQUENCE_FILES['final'], sequences, step)
+            best = _better(best, rec)
+
+        if start == 0: validate(0)
         for step in range(start, min(steps, until or steps)):
             if _launcher_gone():                  # a study killed with -9 leaves no orphan training on (a syscall)
                 raise TrainingError(f"the study that launched {out} has exited; stopped at step {step}, and "
@@ -392,7 +414,7 @@ def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: in
                 record(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
             if done % cfg.eval_every == 0 or done == steps:          # a val record
-                rec = validate(done); best = _better(best, rec); record(rec)
+                validate(done)
             if done % cfg.checkpoint_every == 0 or done in (steps, until):
                 try: save_checkpoint(ckpt_path, model, optimizer, done, best, time.perf_counter() - run_start, identity)
                 except NonFiniteWeights as e:
