@@ -38,6 +38,10 @@ def test_sweep_runs_every_variant_and_seed_and_renders_the_report(first_pass):
     gap = results['gaps']['matched_active']
     assert gap['seeds'] == [0, 1] and len(gap['values']) == 2 and gap['ci95'][0] <= gap['mean'] <= gap['ci95'][1]
     assert results['fair'] and results['failed'] == [] and results['incomplete'] == []
+    boot = gap['bootstrap']                     # seeds and validation sequences resampled together
+    assert boot['seeds'] == [0, 1] and boot['sequences'] > 10 and boot['ci95'][0] < boot['ci95'][1] and boot['se'] > 0
+    assert gap['confirmation']['seeds'] == [0, 1]           # smoke has no design seeds: every seed is fresh
+    assert 'What the fresh seeds say' in html and '95% bootstrap (se)' in html and '|mean| > 2 std' not in html
     assert (report / 'routing_moe.png').exists() and (tmp / 'runs' / 'smoke' / 'study.json').exists()
 
 
