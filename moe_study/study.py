@@ -19,9 +19,9 @@ from .device import run_threads
 from .trainer import LAUNCHER_ENV, TrainingError, finished_summary, plan_run, resolve_run, run_dir, runs_root
 
 # %% auto #0
-__all__ = ['TRAIN_PARAMETERS', 'notebook', 'write_study', 'study_argument', 'RunFailed', 'Processes', 'execute_run',
-           'check_parameters', 'RunOutcome', 'Interrupted', 'default_jobs', 'sweep', 'report_root', 'ReportRefused',
-           'render_report', 'StudyOutcome', 'run_study']
+__all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'notebook', 'write_study', 'study_argument', 'RunFailed', 'Processes',
+           'execute_run', 'check_parameters', 'RunOutcome', 'Interrupted', 'default_jobs', 'sweep', 'report_root',
+           'ReportRefused', 'render_report', 'StudyOutcome', 'run_study']
 
 # %% ../nbs/11_study.ipynb #2960596f
 def notebook(name: str) -> Path: return project_root() / 'nbs' / name
@@ -36,6 +36,8 @@ def write_study(study: Preset, root: Path) -> Path:
 def study_argument(study: Preset, root: Path) -> str:
     "What a papermill notebook's `preset` parameter gets: a shipped preset's name, else its study.json."
     return study.name if PRESETS.get(study.name) == study else str(Path(root) / study.name / 'study.json')
+
+KERNEL_START_TIMEOUT = 300     # seconds; papermill's 60 are too few for a kernel importing torch on a busy machine
 
 class RunFailed(RuntimeError):
     "A run's notebook failed; the message is papermill's report, ending with the error the notebook raised."
@@ -82,7 +84,8 @@ def execute_run(study: Preset, variant: str, seed: int, root: Path, processes: P
     out = run_dir(study.name, variant, seed, root)
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, '-m', 'papermill', str(notebook('train.ipynb')), str(out / 'train.ipynb'),
-           '--cwd', str(project_root()), '--no-progress-bar', '-p', 'preset', study_argument(study, root),
+           '--cwd', str(project_root()), '--no-progress-bar', '--start-timeout', str(KERNEL_START_TIMEOUT),
+           '-p', 'preset', study_argument(study, root),
            '-p', 'variant', variant, '-p', 'seed', str(seed), '-p', 'runs_dir', str(root)]
     code, err = processes.run(cmd)
     if code != 0: raise RunFailed(err.strip() or f"papermill exited with status {code}")
@@ -218,7 +221,7 @@ def render_report(study: Preset, runs: Path | None = None, reports: Path | None 
         write_study(study, runs)
         pm.execute_notebook(str(notebook('report.ipynb')), str(out / 'report.ipynb'), cwd=str(project_root()),
                             parameters={'preset': study_argument(study, runs), 'runs_dir': str(runs), 'report_dir': str(out)},
-                            progress_bar=False)
+                            progress_bar=False, start_timeout=KERNEL_START_TIMEOUT)
         exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
         page, _ = exporter.from_filename(str(out / 'report.ipynb'))
     except Exception as e:
