@@ -8,10 +8,11 @@ import hashlib, html, json, os, subprocess, sys, threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+import pandas as pd
 import psutil
 from tqdm import tqdm
 from .config import ConfigError, PRESETS, Preset, check_seeds, positive_int, preset_to_dict, project_root
-from .analysis import study_results
+from .analysis import require_fair, study_results
 from .data import load_data
 from .fileio import write_json_atomic, write_text_atomic
 from .params import flops_per_token, variant_config
@@ -202,8 +203,6 @@ def render_report(study: Preset, runs: Path | None = None, reports: Path | None 
     `ReportRefused` (and a refusal page as index.html) when the runs cannot be reported."""
     import papermill as pm
     from nbconvert import HTMLExporter
-    from moe_study.analysis import require_fair
-    import pandas as pd
     runs = Path(runs or runs_root())
     out = Path(reports or report_root()) / study.name
     out.mkdir(parents=True, exist_ok=True)
