@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
-from .config import Preset, get_preset
+from .config import Preset, get_preset, upgrade_identity
 from .params import variant_config
 from .fileio import config_drift, flatten
 from .trainer import SEQUENCE_FILES, read_metrics, runs_root
@@ -46,7 +46,9 @@ def load_metrics(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 def load_configs(runs: pd.DataFrame) -> dict[tuple[str, int], dict]:
-    return {(r.variant, r.seed): json.loads((Path(r.path) / 'config.json').read_text()) for r in runs.itertuples()}
+    "Each complete run's config.json, its identity brought up to today's fields (`upgrade_identity`)."
+    configs = {(r.variant, r.seed): json.loads((Path(r.path) / 'config.json').read_text()) for r in runs.itertuples()}
+    return {run: {**c, 'identity': upgrade_identity(c['identity'])} for run, c in configs.items()}
 
 # %% ../nbs/10_analysis.ipynb #83f090cd
 def t_975(df: int) -> float:
@@ -174,12 +176,14 @@ def _keeps(field: str):
     return lambda study, variant: field not in study.variant(variant).overrides
 
 def _budget(rule: str): return lambda study, variant: study.variant(variant).budget == rule
+def _shares_pool(study, variant) -> bool: return study.train.unique_tokens is not None and not study.variant(variant).fresh_data
 
 AUDIT_FIELDS = {            # check: (the config.json field(s) every run must share, which runs it applies to)
     'tokenizer': ('identity.tokenizer_sha256', None),
     'data': ('identity.data_sha256', None),
     'token budget': (('identity.steps', 'tokens_per_step'), _budget('tokens')),
-    'compute budget': ('identity.budget', _budget('compute')),
+    'compute budget': ('identity.budget.reference_flops_per_token', _budget('compute')),
+    'unique data': ('identity.budget.unique_tokens', _shares_pool),
     'batch order': (('identity.data_sha256', 'identity.train.batch_size', 'identity.train.seq_len', 'tokens_per_step'), None),
     'optimizer and schedule': ('identity.train', None),
     'depth': ('identity.model.n_layers', _keeps('n_layers')),

@@ -10,12 +10,12 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['FFN_KINDS', 'BALANCING_MODES', 'positive_int', 'optional_positive_int', 'MAX_SEED', 'MAX_THREADS', 'DERIVED_FIELDS',
-           'DATA_SOURCES', 'DEVICES', 'DTYPES', 'MATCH_TARGETS', 'MATCH_RESIZE', 'BUDGETS', 'SEED_STUDY',
-           'SEED_STUDY_SOURCE', 'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN',
-           'CPU_DESIGN_SEARCH', 'ABLATIONS', 'PRESETS', 'OVERRIDE_SECTIONS', 'ConfigError', 'Checks', 'valid_seed',
-           'check_seeds', 'ModelConfig', 'config_from_dict', 'DataConfig', 'TrainConfig', 'project_root', 'cache_root',
-           'Variant', 'Comparison', 'Preset', 'dense_vs_moe', 'preset_to_dict', 'preset_from_dict', 'get_preset',
-           'study_with']
+           'DATA_SOURCES', 'DEVICES', 'DTYPES', 'ADDED_FIELDS', 'MATCH_TARGETS', 'MATCH_RESIZE', 'BUDGETS',
+           'SEED_STUDY', 'SEED_STUDY_SOURCE', 'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA',
+           'CPU_TRAIN', 'CPU_DESIGN_SEARCH', 'ABLATIONS', 'PRESETS', 'OVERRIDE_SECTIONS', 'ConfigError', 'Checks',
+           'valid_seed', 'check_seeds', 'ModelConfig', 'config_from_dict', 'DataConfig', 'TrainConfig',
+           'upgrade_identity', 'project_root', 'cache_root', 'Variant', 'Comparison', 'Preset', 'dense_vs_moe',
+           'preset_to_dict', 'preset_from_dict', 'get_preset', 'study_with']
 
 # %% ../nbs/00_config.ipynb #e40410b7
 class ConfigError(ValueError):
@@ -88,6 +88,9 @@ class ModelConfig(_Config):
     lb_coef: float = 0.01
     z_coef: float = 1e-3
     capacity_factor: float | None = None  # None: dropless
+    n_shared_experts: int = 0           # experts every token uses beside its top_k routed ones (width d_expert each)
+    n_dense_layers: int = 0             # the first layers keep the dense SwiGLU (width d_ff); the rest are MoE
+    renormalize: bool = True            # True: softmax over the kept logits (Mixtral); False: the full softmax's weights
     bias_update_rate: float = 1e-3      # aux_free: step size of the sign rule (DeepSeek-V3's gamma)
 
     def __post_init__(self):
@@ -96,9 +99,10 @@ class ModelConfig(_Config):
         c = Checks(self, 'ModelConfig')
         c.each('vocab_size d_model n_layers n_heads n_kv_heads d_ff context_len n_experts top_k d_expert',
                positive_int, "must be a positive integer")
+        c.each('n_shared_experts n_dense_layers', lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
         c.each('rope_theta norm_eps init_std', lambda v: _is_number(v) and v > 0, "must be a finite positive number")
         c.each('lb_coef z_coef bias_update_rate', lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0")
-        c.need(isinstance(self.tie_embeddings, bool), 'tie_embeddings', "must be True or False")
+        c.each('tie_embeddings renormalize', lambda v: isinstance(v, bool), "must be True or False")
         c.need(self.ffn in FFN_KINDS, 'ffn', f"must be one of {FFN_KINDS}")
         c.need(self.balancing in BALANCING_MODES, 'balancing', f"must be one of {BALANCING_MODES}")
         c.need(self.capacity_factor is None or (_is_number(self.capacity_factor) and self.capacity_factor > 0),
@@ -111,12 +115,16 @@ class ModelConfig(_Config):
             c.need(self.n_heads % self.n_kv_heads == 0, 'n_kv_heads',
                    f"must divide n_heads={self.n_heads} (each key/value head serves a whole group of query heads)")
             c.need(self.top_k <= self.n_experts, 'top_k', f"must be between 1 and n_experts={self.n_experts}")
+            c.need(not self.is_moe or self.n_dense_layers < self.n_layers, 'n_dense_layers',
+                   f"must be below n_layers={self.n_layers} for an MoE (at least one layer routes)")
         c.raise_all()
 
     @property
     def head_dim(self) -> int: return self.d_model // self.n_heads
     @property
     def is_moe(self) -> bool: return self.ffn == 'moe'
+    @property
+    def n_moe_layers(self) -> int: return self.n_layers - self.n_dense_layers if self.is_moe else 0
 
     def replace(self, **changes) -> ModelConfig:
         """A copy with `changes` applied, validated again. A resolved field that still equals its source
@@ -176,6 +184,7 @@ class TrainConfig(_Config):
     seq_len: int | None = None          # None: the model's context_len
     max_steps: int | None = None        # None: `epochs` passes over the training split
     epochs: float = 1.0
+    unique_tokens: int | None = None    # D̂, the pool of unique training tokens, repeated epoch by epoch (None: the split)
     lr: float = 3e-3
     min_lr_ratio: float = 0.1           # the cosine decays to lr · min_lr_ratio
     warmup_steps: int = 100
@@ -195,7 +204,7 @@ class TrainConfig(_Config):
     def __post_init__(self):
         c = Checks(self, 'TrainConfig')
         c.each('batch_size eval_every log_every checkpoint_every', positive_int, "must be a positive integer")
-        c.each('seq_len max_steps', optional_positive_int, "must be None or a positive integer")
+        c.each('seq_len max_steps unique_tokens', optional_positive_int, "must be None or a positive integer")
         c.need(self.threads is None or (positive_int(self.threads) and self.threads <= MAX_THREADS), 'threads',
                f"must be None or an integer from 1 to {MAX_THREADS}")
         c.each('warmup_steps sample_tokens', lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
@@ -206,6 +215,15 @@ class TrainConfig(_Config):
         c.need(self.dtype in DTYPES, 'dtype', f"must be one of {DTYPES}")
         c.need(isinstance(self.compile, bool), 'compile', "must be True or False")
         c.raise_all()
+
+# %% ../nbs/00_config.ipynb #bdda613b
+ADDED_FIELDS = {'model': {'n_shared_experts': 0, 'n_dense_layers': 0, 'renormalize': True},
+                'train': {'unique_tokens': None}}
+
+def upgrade_identity(identity: dict) -> dict:
+    "A run identity with the fields added since it was recorded set to the values it implies."
+    return {**identity, **{section: {**fields, **identity[section]} for section, fields in ADDED_FIELDS.items()
+                           if isinstance(identity.get(section), dict)}}
 
 # %% ../nbs/00_config.ipynb #6edb9056
 import os
@@ -241,6 +259,8 @@ class Variant:
     match: str | None = None        # then a dense model matched to that config's 'active' | 'total' count
     resize: str = 'ffn'             # what the solver resizes: 'ffn' (d_ff) | 'width' (d_model)
     budget: str = 'tokens'          # 'tokens': the study's tokens | 'compute': the reference's training FLOPs
+    activation_rate: float | None = None    # an MoE at this N_active / N_total, matched to the reference's N_total
+    fresh_data: bool = False        # its tokens are all unique (Li et al.'s loose setting), not drawn from the study's D̂
 
     def __post_init__(self):
         c = Checks(self, f"Variant {self.name!r}")
@@ -252,6 +272,11 @@ class Variant:
         c.need(self.match is None or self.match in MATCH_TARGETS, 'match', f"must be None or one of {MATCH_TARGETS}")
         c.need(self.resize in MATCH_RESIZE, 'resize', f"must be one of {MATCH_RESIZE}")
         c.need(self.budget in BUDGETS, 'budget', f"must be one of {BUDGETS}")
+        c.need(self.activation_rate is None or (_is_number(self.activation_rate) and 0 < self.activation_rate <= 1),
+               'activation_rate', "must be None or a number in (0, 1]")
+        c.need(self.activation_rate is None or self.match is None, 'activation_rate',
+               "cannot be combined with match (a variant is either a dense match or an MoE at a rate)")
+        c.need(isinstance(self.fresh_data, bool), 'fresh_data', "must be True or False")
         c.raise_all()
 
     @property
@@ -259,7 +284,9 @@ class Variant:
         "The rule in words, for tables: 'reference', 'n_experts=8', 'dense, active-matched (ffn)', …"
         parts = [f"{k}={v}" for k, v in self.overrides.items()]
         if self.match: parts.append(f"dense, {self.match}-matched ({self.resize})")
+        if self.activation_rate: parts.append(f"MoE at r_a={self.activation_rate:g}, total-matched")
         if self.budget != 'tokens': parts.append(f"{self.budget} budget")
+        if self.fresh_data: parts.append("fresh data")
         return ', '.join(parts) or 'reference'
 
 @dataclass(frozen=True)
@@ -288,6 +315,7 @@ class Preset:
     design_search: str = ''                 # how the design was chosen: designs tried, seeds, criterion, the record
     published: dict = field(default_factory=dict)   # variant -> (mean, std) of best validation loss in a paper
     published_source: str = ''              # which paper, at which scale
+    published_findings: str = ''            # what that paper found, in words (the report puts ours beside it)
     question: str = ''                      # what the study asks, in a sentence or two (the report's opening)
     match_multiple: int = 8                 # the solver's sizes are multiples of this
     base: str | None = None                 # the preset a user's overrides were applied to
@@ -313,7 +341,7 @@ class Preset:
             c.need(isinstance(v, tuple) and all(map(valid_seed, v)) and len(set(v)) == len(v), s,
                    f"must be a tuple of distinct integers from 0 to {MAX_SEED}")
         c.need(len(self.seeds) > 0, 'seeds', "must name at least one seed")
-        c.need(isinstance(self.design_search, str), 'design_search', "must be text")
+        c.each('design_search published_findings question', lambda v: isinstance(v, str), "must be text")
         c.need(set(self.published) <= set(names), 'published', "may only name declared variants")
         c.raise_all()
 

@@ -17,10 +17,10 @@ from .fileio import naming, write_json_atomic
 from .stories import GENERATOR_VERSION, make_world, synthetic_stories
 
 # %% auto #0
-__all__ = ['CHUNK_DOCS', 'TEXT_SUFFIXES', 'CORPUS_SOURCES', 'EOS_ID', 'CACHE_FORMAT', 'DataError', 'Corpus', 'synthetic_corpus',
-           'read_documents', 'is_validation', 'files_corpus', 'load_tinystories', 'tinystories_corpus', 'open_corpus',
-           'train_tokenizer', 'load_tokenizer', 'cache_key', 'manifest_digest', 'verify_cache', 'build_cache',
-           'TokenCache', 'load_data', 'benchmark_data', 'BatchSampler', 'val_batches']
+__all__ = ['CHUNK_DOCS', 'TEXT_SUFFIXES', 'CORPUS_SOURCES', 'EOS_ID', 'CACHE_FORMAT', 'POOL_SEED', 'DataError', 'Corpus',
+           'synthetic_corpus', 'read_documents', 'is_validation', 'files_corpus', 'load_tinystories',
+           'tinystories_corpus', 'open_corpus', 'train_tokenizer', 'load_tokenizer', 'cache_key', 'manifest_digest',
+           'verify_cache', 'build_cache', 'TokenCache', 'load_data', 'benchmark_data', 'BatchSampler', 'val_batches']
 
 # %% ../nbs/03_data.ipynb #c4a24059
 class DataError(ValueError):
@@ -364,24 +364,34 @@ def benchmark_data(preset: Preset | str) -> dict:
             'tokenize_mb_s': mb / encode_s, 'cache_build_s': build_s, 'threads': os.cpu_count()}
 
 # %% ../nbs/03_data.ipynb #4cd7b833
+POOL_SEED = 0       # which windows of the split form a pool of unique data: fixed, not the run's seed
+
 class BatchSampler:
-    "Deterministic training batches: `batch(step)` depends only on (tokens, seq_len, batch_size, seed, step)."
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
+    """Deterministic training batches: `batch(step)` depends only on (tokens, seq_len, batch_size, seed, pool,
+    step). Epochs pass over the whole split, or over a `pool` of that many windows of it, reshuffled each epoch."""
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, pool: int | None = None):
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
         self.epoch_order = functools.lru_cache(maxsize=2)(self._epoch_order)   # this sampler's two latest epochs
-        self.n_windows = (len(tokens) - 1) // seq_len
+        self.split_windows = (len(tokens) - 1) // seq_len
+        if pool is not None and pool > self.split_windows:
+            raise DataError(f"the pool of unique training data needs {pool:,} windows of {seq_len} tokens "
+                            f"({pool * seq_len:,} tokens) but the training split has {self.split_windows * seq_len:,}; "
+                            "use a larger corpus (more training documents) or a smaller TrainConfig.unique_tokens")
+        self.pool = None if pool is None else np.random.default_rng(POOL_SEED).permutation(self.split_windows)[:pool]
+        self.n_windows = self.split_windows if pool is None else pool          # the windows an epoch visits
         if self.n_windows < batch_size:
-            raise DataError(f"the training split has {len(tokens)} tokens, fewer than one batch of {batch_size} × "
-                            f"{seq_len + 1}; use more training documents or a smaller batch")
+            raise DataError(f"the training data has {self.n_windows * seq_len:,} tokens, fewer than one batch of "
+                            f"{batch_size} × {seq_len + 1}; use more training documents, more unique tokens or a smaller batch")
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
 
     def windows(self, step: int) -> np.ndarray:
-        "Window indices of the batch at `step`."
+        "Window indices (into the split) of the batch at `step`."
         sample = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
         epochs, pos = np.divmod(sample, self.n_windows)
-        return np.array([self.epoch_order(int(e))[p] for e, p in zip(epochs, pos)])
+        picked = np.array([self.epoch_order(int(e))[p] for e, p in zip(epochs, pos)])
+        return picked if self.pool is None else self.pool[picked]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         "(inputs, targets), each (batch_size, seq_len) int64."

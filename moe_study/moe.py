@@ -43,15 +43,18 @@ class Routing(NamedTuple):
     logits: torch.Tensor       # (T, E) fp32 router logits ℓ
     probs: torch.Tensor        # (T, E) full softmax of ℓ: for the balance loss and the diagnostics
     expert_idx: torch.Tensor   # (T, k) chosen experts, highest score first
-    weights: torch.Tensor      # (T, k) fp32 mixing weights: softmax over the kept logits
+    weights: torch.Tensor      # (T, k) fp32 mixing weights
 
-def route(logits: torch.Tensor, top_k: int, selection_bias: torch.Tensor | None = None) -> Routing:
-    "Pick the `top_k` experts by `logits + selection_bias`; weight them by a softmax over their unbiased logits."
+def route(logits: torch.Tensor, top_k: int, selection_bias: torch.Tensor | None = None,
+          renormalize: bool = True) -> Routing:
+    """Pick the `top_k` experts by `logits + selection_bias`; weight them by a softmax over their unbiased
+    logits (`renormalize`) or by their probabilities under the full softmax (not renormalised)."""
     logits = logits.float()
+    probs = logits.softmax(-1)
     scores = logits if selection_bias is None else logits + selection_bias
     expert_idx = scores.topk(top_k, dim=-1).indices
-    weights = logits.gather(-1, expert_idx).softmax(-1)
-    return Routing(logits, logits.softmax(-1), expert_idx, weights)
+    weights = logits.gather(-1, expert_idx).softmax(-1) if renormalize else probs.gather(-1, expert_idx)
+    return Routing(logits, probs, expert_idx, weights)
 
 # %% ../nbs/04_moe.ipynb #0907fe72
 def sort_by_expert(expert_idx: torch.Tensor, n_experts: int,
@@ -149,14 +152,16 @@ def routing_stats(r: Routing, kept_counts: torch.Tensor, lb: torch.Tensor, z: to
 
 # %% ../nbs/04_moe.ipynb #2679ad10
 class MoE(nn.Module):
-    "Mixtral-style MoE feed-forward block: fp32 top-k router, SwiGLU experts, sorted dispatch."
+    "Mixtral-style MoE feed-forward block: fp32 top-k router, SwiGLU experts, sorted dispatch; optional shared experts."
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_experts, self.top_k = cfg.n_experts, cfg.top_k
+        self.n_experts, self.top_k, self.renormalize = cfg.n_experts, cfg.top_k, cfg.renormalize
         self.capacity_factor, self.balancing = cfg.capacity_factor, cfg.balancing
         self.bias_update_rate = cfg.bias_update_rate
         self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
         self.experts = Experts(cfg.n_experts, cfg.d_model, cfg.d_expert)
+        # n shared experts of width d_e are one SwiGLU of width n·d_e: the down projection sums their outputs
+        self.shared_experts = SwiGLU(cfg.d_model, cfg.n_shared_experts * cfg.d_expert) if cfg.n_shared_experts else None
         self.register_buffer('balance_bias', torch.zeros(cfg.n_experts))                 # saved: model state
         self.register_buffer('pending_counts', torch.zeros(cfg.n_experts), persistent=False)
         self.last_routing: LastRouting | None = None
@@ -167,13 +172,14 @@ class MoE(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             logits = F.linear(x.float(), self.router.weight.float())
         bias = self.balance_bias if self.balancing == 'aux_free' else None
-        r = route(logits, self.top_k, bias)
+        r = route(logits, self.top_k, bias, self.renormalize)
         capacity = expert_capacity(self.capacity_factor, x.shape[0], self.top_k, self.n_experts)
         order, counts = sort_by_expert(r.expert_idx, self.n_experts, capacity)
         token = order // self.top_k
         y_sorted = self.experts(torch.index_select(x, 0, token), counts.tolist())
         y_sorted = y_sorted * r.weights.flatten()[order].unsqueeze(-1).to(y_sorted.dtype)
         y = y_sorted.new_zeros(x.shape[0], shape[-1]).index_add_(0, token, y_sorted)
+        if self.shared_experts is not None: y = y + self.shared_experts(x)[0]
 
         losses = RouterLosses(load_balance_loss(r.probs, r.expert_idx), router_z_loss(r.logits))
         self.last_routing = LastRouting(Routing(*(t.detach() for t in r)), counts, *(l.detach() for l in losses))
@@ -197,6 +203,6 @@ def router_objective(cfg: ModelConfig, lb: torch.Tensor, z: torch.Tensor) -> tor
 
 FFN_BLOCKS = {'dense': lambda cfg: SwiGLU(cfg.d_model, cfg.d_ff), 'moe': MoE}
 
-def build_ffn(cfg: ModelConfig) -> nn.Module:
-    "The feed-forward block a layer of `cfg` uses; every block returns (y, RouterLosses or None)."
-    return FFN_BLOCKS[cfg.ffn](cfg)
+def build_ffn(cfg: ModelConfig, layer: int = 0) -> nn.Module:
+    "The feed-forward block of layer `layer` (the first `n_dense_layers` stay dense); each returns (y, RouterLosses or None)."
+    return FFN_BLOCKS['dense' if layer < cfg.n_dense_layers else cfg.ffn](cfg)

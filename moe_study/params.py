@@ -11,8 +11,9 @@ import torch
 from .config import ModelConfig, Preset, ConfigError, get_preset
 
 # %% auto #0
-__all__ = ['MATCH_QUANTITIES', 'ParamCounts', 'count_params', 'count_module_params', 'meta_decoder', 'flops_per_token', 'Match',
-           'match_dense', 'variant_match', 'variant_config', 'variant_row', 'variant_table', 'format_param_table']
+__all__ = ['MATCH_QUANTITIES', 'MAX_EXPERTS', 'ParamCounts', 'count_params', 'count_module_params', 'meta_decoder',
+           'flops_per_token', 'Match', 'match_dense', 'match_activation_rate', 'variant_match', 'variant_config',
+           'Budget', 'run_budget', 'variant_row', 'variant_table', 'format_param_table']
 
 # %% ../nbs/06_params.ipynb #6f0b05f4
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class ParamCounts:
     def total_nonembedding(self) -> int: return self.total - self.embedding
     @property
     def active_nonembedding(self) -> int: return self.active - self.embedding
+    @property
+    def activation_rate(self) -> float: return self.active_nonembedding / self.total_nonembedding
 
 def count_params(cfg: ModelConfig) -> ParamCounts:
     "Exact parameter counts of `Decoder(cfg)` from its shape alone."
@@ -35,12 +38,13 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
     attention = L * (2 * d * cfg.n_heads * hd + 2 * d * cfg.n_kv_heads * hd)
     norms = L * 2 * d + d
+    moe_layers, expert = cfg.n_moe_layers, 3 * d * cfg.d_expert
+    ffn = {'ffn': (L - moe_layers) * 3 * d * cfg.d_ff}                  # the dense layers (all of a dense model)
     if cfg.is_moe:
-        expert = 3 * d * cfg.d_expert
-        ffn = {'router': L * d * cfg.n_experts, 'experts': L * expert * cfg.n_experts}
-        ffn_inactive = L * expert * (cfg.n_experts - cfg.top_k)
-    else:
-        ffn, ffn_inactive = {'ffn': L * 3 * d * cfg.d_ff}, 0
+        ffn.update(router=moe_layers * d * cfg.n_experts, experts=moe_layers * expert * cfg.n_experts,
+                   shared_experts=moe_layers * expert * cfg.n_shared_experts)
+    ffn = {k: v for k, v in ffn.items() if v}
+    ffn_inactive = moe_layers * expert * (cfg.n_experts - cfg.top_k)
     breakdown = {'embedding': embed, 'head': head, 'attention': attention, 'norms': norms, **ffn}
     total = sum(breakdown.values())
     return ParamCounts(total=total, active=total - ffn_inactive, embedding=embed + head, breakdown=breakdown)
@@ -82,6 +86,7 @@ class Match:
     target: int              # the reference's non-embedding count
     achieved: int            # the dense model's non-embedding count
     residual_pct: float      # 100 · (achieved − target) / target
+    activation_rate: float | None = None   # N_active / N_total of the config (for an MoE at a rate)
 
 def _round_to(x: float, multiple: int) -> int: return max(multiple, multiple * round(x / multiple))
 
@@ -114,11 +119,52 @@ def match_dense(ref: ModelConfig, target: str, resize: str = 'ffn', multiple: in
     cfg, n = best
     return Match(cfg, target, 'd_ff' if resize == 'ffn' else 'd_model', goal, n, 100 * (n - goal) / goal)
 
+# %% ../nbs/06_params.ipynb #bc07d608
+MAX_EXPERTS = 64
+
+def _moe_at(base: ModelConfig, n_experts: int, top_k: int, d_expert: int) -> ModelConfig:
+    return base.replace(n_experts=n_experts, top_k=top_k, d_expert=d_expert)
+
+def match_activation_rate(ref: ModelConfig, rate: float, overrides: dict | None = None, multiple: int = 8,
+                          total_tol_pct: float = 0.5, rate_tol: float = 0.02) -> Match:
+    """The MoE derived from the dense `ref` (with `overrides`) whose non-embedding total matches ref's within
+    `total_tol_pct` percent and whose activation rate is within `rate_tol` of `rate`: fewest experts, then closest rate."""
+    overrides = dict(overrides or {})
+    base = ref.replace(**{'ffn': 'moe', **overrides})
+    if not base.is_moe: raise ConfigError(f"an activation rate needs an MoE, but the overrides {overrides} make it dense")
+    goal = count_params(ref).total_nonembedding
+    experts = [overrides['n_experts']] if 'n_experts' in overrides else range(1, MAX_EXPERTS + 1)
+    found, lowest = [], None
+    for E in experts:
+        for k in ([overrides['top_k']] if 'top_k' in overrides else range(1, E + 1)):
+            if k > E: continue
+            n1, n2 = (count_params(_moe_at(base, E, k, d)).total_nonembedding for d in (1, 2))
+            d_e = _round_to((goal - n1) / (n2 - n1) + 1, multiple)
+            c = count_params(cfg := _moe_at(base, E, k, d_e))
+            residual = 100 * (c.total_nonembedding - goal) / goal
+            if abs(residual) > total_tol_pct: continue
+            lowest = min(lowest or 1.0, c.activation_rate)
+            if abs(c.activation_rate - rate) <= rate_tol:
+                found.append(((E, abs(c.activation_rate - rate), abs(residual)), cfg, c, residual))
+    if lowest is None:
+        raise ConfigError(f"no MoE with up to {MAX_EXPERTS} experts matches the reference's {goal:,} non-embedding "
+                          f"parameters within {total_tol_pct}% with d_expert a multiple of {multiple}; use a finer "
+                          "grid (the study's match_multiple) or fix fewer of n_experts and top_k")
+    if not found:
+        raise ConfigError(f"no MoE with up to {MAX_EXPERTS} experts has activation rate {rate} ± {rate_tol} at the "
+                          f"reference's {goal:,} non-embedding parameters: the lowest rate within reach is {lowest:.3f} "
+                          "(attention, norms, router, shared experts and dense layers are always active); choose a "
+                          "reachable rate, or a reference with a larger share of FFN parameters (a wider d_ff)")
+    _, cfg, c, residual = min(found, key=lambda f: f[0])
+    return Match(cfg, 'total', 'n_experts, top_k, d_expert', goal, c.total_nonembedding, residual, c.activation_rate)
+
 # %% ../nbs/06_params.ipynb #ed1a4219
 def variant_match(preset: Preset | str, variant: str) -> Match | None:
-    "The solver's match for a matched variant of `preset`; None for a variant that is not matched."
+    "The solver's match for a matched variant (a dense match, or an MoE at a rate) of `preset`; None for one that is not."
     preset = get_preset(preset)
     v = preset.variant(variant)
+    if v.activation_rate is not None:
+        return match_activation_rate(preset.model, v.activation_rate, v.overrides, preset.match_multiple)
     if v.match is None: return None
     return match_dense(preset.model.replace(**v.overrides), v.match, v.resize, preset.match_multiple)
 
@@ -128,16 +174,50 @@ def variant_config(preset: Preset | str, variant: str) -> ModelConfig:
     m = variant_match(preset, variant)
     return preset.model.replace(**preset.variant(variant).overrides) if m is None else m.config
 
+# %% ../nbs/06_params.ipynb #0c00e306
+@dataclass(frozen=True)
+class Budget:
+    "How long a run trains and on what: steps and tokens, its pool of unique data, epochs over it, compute."
+    rule: str                       # 'tokens' | 'compute'
+    steps: int | None               # None: set by the corpus's size, not known yet
+    tokens: int | None              # steps · batch_size · seq_len
+    pool: int | None                # windows of unique data it draws from (None: the whole training split)
+    unique_tokens: int | None       # D̂ = pool · seq_len (None: the split's, not known yet)
+    epochs: float | None            # tokens / unique_tokens
+    flops_per_token: int
+    train_flops: int | None         # flops_per_token · tokens
+
+def run_budget(preset: Preset | str, variant: str, split_windows: int | None = None) -> Budget:
+    """The budget of `variant` in `preset`; `split_windows` (the training split's windows of seq_len + 1 tokens)
+    is needed only when the recipe counts epochs or uses the whole split."""
+    preset = get_preset(preset)
+    v, t, cfg = preset.variant(variant), preset.train, variant_config(preset, variant)
+    seq_len = t.seq_len or cfg.context_len
+    shared_pool = t.unique_tokens // seq_len if t.unique_tokens else None
+    epoch_windows = shared_pool or split_windows
+    steps = t.max_steps or (epoch_windows and max(1, int(t.epochs * epoch_windows) // t.batch_size))
+    if steps and v.budget == 'compute':
+        steps = max(1, round(steps * flops_per_token(preset.model) / flops_per_token(cfg)))
+    pool = steps * t.batch_size if (v.fresh_data and steps) else shared_pool
+    tokens, unique = steps and steps * t.batch_size * seq_len, (pool or split_windows) and (pool or split_windows) * seq_len
+    fpt = flops_per_token(cfg)
+    return Budget(v.budget, steps, tokens, pool, unique, tokens / unique if tokens and unique else None,
+                  fpt, tokens and fpt * tokens)
+
+# %% ../nbs/06_params.ipynb #1e51dfec
 def variant_row(preset: Preset | str, variant: str) -> dict:
     "One variant's sizes: the keys of `python -m moe_study params --json`."
     preset = get_preset(preset)
-    cfg, m = variant_config(preset, variant), variant_match(preset, variant)
-    c = count_params(cfg)
+    cfg, m, b = variant_config(preset, variant), variant_match(preset, variant), run_budget(preset, variant)
+    c, moe = count_params(cfg), cfg.is_moe
     return {'variant': variant, 'rule': preset.variant(variant).rule, 'ffn': cfg.ffn,
-            'n_experts': cfg.n_experts if cfg.is_moe else None, 'top_k': cfg.top_k if cfg.is_moe else None,
+            'n_experts': cfg.n_experts if moe else None, 'top_k': cfg.top_k if moe else None,
+            'n_shared_experts': cfg.n_shared_experts if moe else None, 'n_dense_layers': cfg.n_dense_layers if moe else None,
             'params_total': c.total, 'params_active': c.active,
             'params_embedding': c.embedding, 'params_total_nonembedding': c.total_nonembedding,
-            'params_active_nonembedding': c.active_nonembedding, 'flops_per_token': flops_per_token(cfg),
+            'params_active_nonembedding': c.active_nonembedding, 'activation_rate': round(c.activation_rate, 6),
+            'flops_per_token': flops_per_token(cfg), 'budget': b.rule, 'steps': b.steps, 'tokens': b.tokens,
+            'unique_tokens': b.unique_tokens, 'epochs': b.epochs and round(b.epochs, 6), 'train_flops': b.train_flops,
             'd_model': cfg.d_model, 'd_ff': cfg.d_expert if cfg.is_moe else cfg.d_ff,
             'matched_to': None if m is None else m.matched_to,
             'residual_pct': None if m is None else round(m.residual_pct, 4)}

@@ -13,19 +13,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 import moe_study
 from .config import (MAX_SEED, ConfigError, ModelConfig, Preset, TrainConfig, positive_int, project_root,
-                              study_with, valid_seed)
+                              study_with, upgrade_identity, valid_seed)
 from .data import BatchSampler, TokenCache, load_data, val_batches
 from .device import autocast, cpu_threads, peak_flops, resolve_device, run_threads
 from .fileio import config_drift, exclusive, naming, write_atomic, write_json_atomic, write_text_atomic
 from .model import Decoder
-from .params import count_params, flops_per_token, variant_config, variant_match
+from .params import Budget, count_params, flops_per_token, run_budget, variant_config, variant_match
 
 # %% auto #0
 __all__ = ['CHECKPOINT_KEYS', 'TIMING_FIELDS', 'SEQUENCE_FILES', 'LAUNCHER_ENV', 'TrainingError', 'make_optimizer', 'lr_at',
            'evaluate', 'runs_root', 'run_dir', 'git_commit', 'state_digest', 'nonfinite_tensors', 'NonFiniteWeights',
            'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss', 'train_step', 'RunSpec',
-           'resolve_run', 'total_steps', 'run_identity', 'plan_run', 'finished_summary', 'describe_run',
-           'sample_stories', 'train', 'save_sequences', 'read_metrics']
+           'resolve_run', 'run_identity', 'plan_run', 'finished_summary', 'describe_run', 'sample_stories', 'train',
+           'save_sequences', 'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #dafacdec
 class TrainingError(RuntimeError):
@@ -210,39 +210,34 @@ def resolve_run(preset: Preset | str, variant: str, seed: int, data: str | None 
     if not valid_seed(seed): raise ConfigError(f"seed={seed!r}: must be an integer from 0 to {MAX_SEED}")
     return RunSpec(study, variant, seed, variant_config(study, variant), study.train)
 
-def total_steps(spec: RunSpec, sampler: BatchSampler) -> int:
-    """The steps of the run: the recipe's (`max_steps`, or `epochs` over the training split); for a variant
-    with a `compute` budget, as many as the reference's training FLOPs buy at this variant's FLOPs per token."""
-    cfg = spec.train
-    steps = cfg.max_steps or max(1, int(cfg.epochs * sampler.n_windows) // cfg.batch_size)
-    if spec.preset.variant(spec.variant).budget == 'compute':
-        steps = max(1, round(steps * flops_per_token(spec.preset.model) / flops_per_token(spec.model)))
-    return steps
-
-def run_identity(spec: RunSpec, data: TokenCache, steps: int) -> dict:
+def run_identity(spec: RunSpec, data: TokenCache, budget: Budget) -> dict:
     "What a run is: a resume, and a finished run's reuse, must match it exactly."
     identity = {'preset': spec.preset.name, 'variant': spec.variant, 'seed': spec.seed, 'model': spec.model.to_dict(),
-                'train': spec.train.to_dict(), 'steps': steps, 'data': spec.preset.data.to_dict(),
+                'train': spec.train.to_dict(), 'steps': budget.steps, 'data': spec.preset.data.to_dict(),
                 'tokenizer_sha256': data.tokenizer_hash, 'data_sha256': data.data_hash}
-    budget = spec.preset.variant(spec.variant).budget
-    if budget != 'tokens':      # the reference's training FLOPs, which every `compute` variant spends
-        identity['budget'] = {'rule': budget, 'reference_flops_per_token': flops_per_token(spec.preset.model)}
+    if budget.rule != 'tokens' or budget.pool is not None:
+        identity['budget'] = {'rule': budget.rule}
+        if budget.rule == 'compute':    # the reference's training FLOPs, which every `compute` variant spends
+            identity['budget']['reference_flops_per_token'] = flops_per_token(spec.preset.model)
+        if budget.pool is not None:     # D̂, the unique data it repeats
+            identity['budget']['unique_tokens'] = budget.unique_tokens
     return identity
 
-def plan_run(spec: RunSpec, data: TokenCache) -> tuple[int, BatchSampler, int, dict]:
-    "(sequence length, batch sampler, steps, identity) of a run: what it will do, before it does anything."
+def plan_run(spec: RunSpec, data: TokenCache) -> tuple[int, BatchSampler, Budget, dict]:
+    "(sequence length, batch sampler, budget, identity) of a run: what it will do, before it does anything."
     seq_len = spec.train.seq_len or spec.model.context_len
     if seq_len > spec.model.context_len:
         raise ConfigError(f"TrainConfig.seq_len={seq_len} exceeds the model's context_len={spec.model.context_len}")
-    sampler = BatchSampler(data.tokens('train'), seq_len, spec.train.batch_size, spec.seed)
-    steps = total_steps(spec, sampler)
-    return seq_len, sampler, steps, run_identity(spec, data, steps)
+    train_tokens = data.tokens('train')
+    budget = run_budget(spec.preset, spec.variant, split_windows=(len(train_tokens) - 1) // seq_len)
+    sampler = BatchSampler(train_tokens, seq_len, spec.train.batch_size, spec.seed, pool=budget.pool)
+    return seq_len, sampler, budget, run_identity(spec, data, budget)
 
 def finished_summary(out: Path, identity: dict) -> dict | None:
     """The summary of the finished run in `out` if it is the run `identity` describes; None if `out` holds no
     finished run; `TrainingError` naming the differing fields if it holds another one."""
     if not (Path(out) / 'summary.json').exists(): return None
-    try: recorded = json.loads((Path(out) / 'config.json').read_text())['identity']
+    try: recorded = upgrade_identity(json.loads((Path(out) / 'config.json').read_text())['identity'])
     except (OSError, ValueError, KeyError, TypeError):
         raise TrainingError(f"{out} has a summary.json but no readable config.json, so what it holds is unknown; "
                             f"move it away or delete it to train this run") from None
@@ -252,7 +247,8 @@ def finished_summary(out: Path, identity: dict) -> dict | None:
                             "the run asked for. Ask for that run's settings, or move its directory away to train this one")
     return json.loads((Path(out) / 'summary.json').read_text())
 
-def describe_run(spec: RunSpec, data: TokenCache, identity: dict, device, dtype, peak: tuple[float, str]) -> dict:
+def describe_run(spec: RunSpec, data: TokenCache, identity: dict, budget: Budget, device, dtype,
+                 peak: tuple[float, str]) -> dict:
     "config.json: the identity plus what it implies and where it ran."
     c = count_params(spec.model)
     match = variant_match(spec.preset, spec.variant)
@@ -261,8 +257,8 @@ def describe_run(spec: RunSpec, data: TokenCache, identity: dict, device, dtype,
             'params': {'total': c.total, 'active': c.active, 'embedding': c.embedding,
                        'total_nonembedding': c.total_nonembedding, 'active_nonembedding': c.active_nonembedding,
                        'breakdown': c.breakdown},
-            'flops_per_token': flops_per_token(spec.model),
-            'train_flops': flops_per_token(spec.model) * tokens_per_step * identity['steps'],
+            'activation_rate': c.activation_rate, 'flops_per_token': budget.flops_per_token,
+            'train_flops': budget.train_flops, 'unique_tokens': budget.unique_tokens, 'epochs': budget.epochs,
             'matched_to': match and match.matched_to, 'match_residual_pct': match and match.residual_pct,
             'tokens_per_step': tokens_per_step,
             'data_manifest': {k: data.manifest[k] for k in ('key', 'source', 'splits')},
@@ -303,7 +299,7 @@ def train(preset: Preset | str, variant: str, seed: int = 0, *, data: str | None
 def _resume(ckpt_path: Path, out: Path, identity: dict, model, optimizer, device) -> tuple[int, dict | None, float]:
     "Load the checkpoint into `model` and `optimizer` after checking its identity; (step, best, elapsed)."
     state = load_checkpoint(ckpt_path, device)
-    drift = config_drift(json.loads(state['identity']), identity)
+    drift = config_drift(upgrade_identity(json.loads(state['identity'])), identity)
     if drift:
         raise TrainingError(f"refusing to resume {out}: its checkpoint was made with another configuration "
                             f"({'; '.join(drift)}). Rerun with the original settings, or delete {out} to start over.")
@@ -350,7 +346,8 @@ def _kept(ckpt_step: int | None, ckpt_path: Path) -> str:
 def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: int | None) -> dict | None:
     cfg = spec.train
     device, dtype = resolve_device(cfg)
-    seq_len, sampler, steps, identity = plan_run(spec, data)
+    seq_len, sampler, budget, identity = plan_run(spec, data)
+    steps = budget.steps
     finished = finished_summary(out, identity)
     if finished is not None: return finished
     ckpt_path, metrics_path = out / 'checkpoint.pt', out / 'metrics.jsonl'
@@ -367,7 +364,7 @@ def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: in
     elif metrics_path.exists():
         metrics_path.unlink()                                  # a run that never checkpointed starts over
     peak = peak_flops(device, dtype)
-    write_json_atomic(out / 'config.json', describe_run(spec, data, identity, device, dtype, peak))
+    write_json_atomic(out / 'config.json', describe_run(spec, data, identity, budget, device, dtype, peak))
     step_model = torch.compile(model) if cfg.compile else model
     flops_tok, tokens_step = flops_per_token(spec.model), cfg.batch_size * seq_len
 
