@@ -11,11 +11,12 @@ from typing import Any
 # %% auto #0
 __all__ = ['FFN_KINDS', 'BALANCING_MODES', 'positive_int', 'optional_positive_int', 'MAX_SEED', 'MAX_THREADS', 'DERIVED_FIELDS',
            'DATA_SOURCES', 'DEVICES', 'DTYPES', 'ADDED_FIELDS', 'MATCH_TARGETS', 'MATCH_RESIZE', 'BUDGETS',
+           'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS', 'EQUAL_MOE', 'EQUAL_RATES', 'EQUAL_CPU_TRAIN',
            'SEED_STUDY', 'SEED_STUDY_SOURCE', 'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA',
            'CPU_TRAIN', 'CPU_DESIGN_SEARCH', 'ABLATIONS', 'PRESETS', 'OVERRIDE_SECTIONS', 'ConfigError', 'Checks',
            'valid_seed', 'check_seeds', 'ModelConfig', 'config_from_dict', 'DataConfig', 'TrainConfig',
-           'upgrade_identity', 'project_root', 'cache_root', 'Variant', 'Comparison', 'Preset', 'dense_vs_moe',
-           'preset_to_dict', 'preset_from_dict', 'get_preset', 'study_with']
+           'upgrade_identity', 'project_root', 'cache_root', 'Variant', 'Comparison', 'Preset', 'equal_resources',
+           'dense_vs_moe', 'preset_to_dict', 'preset_from_dict', 'get_preset', 'study_with']
 
 # %% ../nbs/00_config.ipynb #e40410b7
 class ConfigError(ValueError):
@@ -360,6 +361,37 @@ class Preset:
         if g.a in self.published and g.b in self.published: return self.published[g.a][0] - self.published[g.b][0]
         return None
 
+# %% ../nbs/00_config.ipynb #63e0058e
+EQUAL_RESOURCES = ("At equal total parameters, equal training compute and equal unique training data, does a "
+                   "Mixture-of-Experts decoder beat the dense one, and at which activation rate r_a = N_active / "
+                   "N_total? A sparser MoE spends fewer FLOPs per token, so at equal compute it trains on more "
+                   "tokens, repeating the unique data; its fresh-data twin says what the repetition costs.")
+LI_ET_AL = "Li et al. 2025 (arXiv 2506.12119: 2B-7B parameters, up to 1T tokens)"
+LI_ET_AL_FINDINGS = ("At 2B to 7B total parameters, with a shared expert and a dense first layer, an activation rate "
+                     "near 20% was best and beat the dense model at equal total parameters, compute and unique data; "
+                     "a band of roughly 15% to 48% beat dense. Reusing the data for about two epochs cost little; more "
+                     "epochs hurt.")
+EQUAL_MOE = {'n_experts': 23, 'n_shared_experts': 1, 'renormalize': False}
+
+def equal_resources(name: str, description: str, dense: ModelConfig, data: DataConfig, train: TrainConfig,
+                    rates: tuple[float, ...], moe: dict = EQUAL_MOE, **kw) -> Preset:
+    """A strictly-equal-resources study: the `dense` reference, an MoE (`moe` overrides) at each activation rate,
+    at the reference's compute and unique data, each with a fresh-data twin; compared with dense and with its twin."""
+    variants, comparisons = [Variant('dense', "the dense reference: every parameter active (r_a = 1)")], []
+    for r in rates:
+        n = f"moe_r{round(100 * r):02d}"
+        variants += [Variant(n, f"MoE at r_a ≈ {r:g}, reusing the unique data", moe, activation_rate=r, budget='compute'),
+                     Variant(f"{n}_fresh", f"MoE at r_a ≈ {r:g}, all its tokens fresh", moe, activation_rate=r,
+                             budget='compute', fresh_data=True)]
+        comparisons += [Comparison(f"{n}_vs_dense", n, 'dense', f"the MoE at r_a ≈ {r:g} trails the dense model"),
+                        Comparison(f"reuse_{n}", n, f"{n}_fresh", f"repeating the data costs the MoE at r_a ≈ {r:g}")]
+    return Preset(name, description, dense, data, train, tuple(variants), tuple(comparisons), question=EQUAL_RESOURCES,
+                  published_source=LI_ET_AL, published_findings=LI_ET_AL_FINDINGS, **kw)
+
+EQUAL_RATES = (0.17, 0.24, 0.4, 0.58)         # top-1, 3, 7 and 12 of 23 routed experts, plus the shared one
+EQUAL_CPU_TRAIN = TrainConfig(batch_size=32, max_steps=224, lr=5e-3, warmup_steps=22, eval_every=56, log_every=16,
+                              checkpoint_every=56, threads=1, unique_tokens=224 * 32 * 128)
+
 # %% ../nbs/00_config.ipynb #fec15097
 SEED_STUDY = {'dense_active': (1.6545, 0.0012), 'moe': (1.5788, 0.0020), 'dense_total': (1.5608, 0.0025)}
 SEED_STUDY_SOURCE = "the seed study (arXiv 2605.13769: TinyStories, ~20M parameters)"
@@ -427,6 +459,19 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            question="The seed study says its result may depend on router settings and balancing strategies. How much "
                     "does the `cpu` study's MoE change when its balancing, its router losses, its top-k or its number "
                     "of experts change, everything else held fixed?"),
+    equal_resources('equal_cpu', "strictly equal resources on two CPU cores: a dense width-32 reference with a "
+                    "16-times-wider FFN, MoEs at four activation rates, 224 dense steps of 32 × 128 tokens",
+                    ModelConfig(vocab_size=1024, d_model=32, n_layers=4, n_heads=2, d_ff=512, context_len=128),
+                    CPU_DATA, EQUAL_CPU_TRAIN, EQUAL_RATES, match_multiple=1,
+                    design_search="The design was fixed from step times and reachable rates alone, before any run of "
+                                  "it had trained: no seed played a part in choosing it, so every seed is a fresh one."),
+    equal_resources('equal_gpu', "strictly equal resources on one GPU at the seed study's scale: TinyStories, a dense "
+                    "8-layer width-256 reference (28M parameters), MoEs at four activation rates, 4,000 dense steps",
+                    ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=4040, context_len=512),
+                    DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
+                    TrainConfig(batch_size=64, max_steps=4000, lr=2e-3, warmup_steps=400, eval_every=500, log_every=50,
+                                checkpoint_every=500, compile=True, unique_tokens=4000 * 64 * 512),
+                    EQUAL_RATES),
     dense_vs_moe('tinystories', "the seed study's regime: TinyStories, one GPU, ~20M parameters stored",
                  ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=688, context_len=512,
                              ffn='moe', n_experts=4, top_k=2, d_expert=688),
