@@ -11,15 +11,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from .config import Preset, get_preset, upgrade_identity
-from .params import variant_config
+from .params import count_params, variant_config
 from .fileio import config_drift, flatten
 from .trainer import SEQUENCE_FILES, read_metrics, runs_root
 
 # %% auto #0
-__all__ = ['AUDIT_FIELDS', 'BASE_COLOURS', 'load_runs', 'load_metrics', 'load_configs', 't_975', 'mean_std_ci', 'fmt',
-           'sign_count', 'confirmation', 'load_sequences', 'multi_bootstrap', 'variant_results', 'paired_gaps',
-           'val_curves', 'gap_curves', 'routing_curves', 'throughput', 'fairness_audit', 'UnfairComparison',
-           'require_fair', 'study_results', 'palette', 'plot_loss_curves', 'plot_gap_curves', 'plot_routing']
+__all__ = ['AUDIT_FIELDS', 'BASE_COLOURS', 'RATE_SERIES', 'load_runs', 'load_metrics', 'load_configs', 't_975', 'mean_std_ci',
+           'fmt', 'sign_count', 'confirmation', 'load_sequences', 'multi_bootstrap', 'variant_results', 'paired_gaps',
+           'val_curves', 'gap_curves', 'routing_curves', 'throughput', 'rate_table', 'rate_findings', 'fairness_audit',
+           'UnfairComparison', 'require_fair', 'study_results', 'palette', 'plot_loss_curves', 'plot_gap_curves',
+           'plot_routing', 'plot_rate_curve']
 
 # %% ../nbs/10_analysis.ipynb #ec9ec126
 def load_runs(study: str, root: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
@@ -170,6 +171,51 @@ def throughput(metrics: pd.DataFrame, configs: dict, order: list[str] = ()) -> p
     out['device'] = [next(c['device'] for (v, _), c in configs.items() if v == variant) for variant in out.index]
     return out.reindex([v for v in order if v in out.index] + sorted(set(out.index) - set(order)))
 
+# %% ../nbs/10_analysis.ipynb #fe53fc93
+def rate_table(runs: pd.DataFrame, study: Preset, configs: dict) -> pd.DataFrame:
+    "One row per variant with complete runs: activation rate, data setting, epochs, tokens and loss / bpb over seeds."
+    rows, results = [], variant_results(runs, study.variant_names)
+    for v, r in results.items():
+        if v not in study.variant_names: continue
+        c = next(c for (name, _), c in configs.items() if name == v)
+        epochs = c.get('epochs')
+        data = 'fresh' if study.variant(v).fresh_data else 'reused' if epochs and epochs > 1 + 1e-9 else 'once'
+        rows.append({'variant': v, 'activation_rate': count_params(variant_config(study, v)).activation_rate,
+                     'data': data, 'epochs': epochs, 'tokens': c['identity']['steps'] * c['tokens_per_step'],
+                     'train_flops': c.get('train_flops'), 'seeds': len(r['seeds']),
+                     **{f"{k}_{s}": r[k][s] for k in ('loss', 'bpb') for s in ('mean', 'std')}})
+    return pd.DataFrame(rows).set_index('variant')
+
+def _verdict(g: dict, below: str, above: str) -> str:
+    "In words, where the gap's 95% t-interval lies: below zero, above zero, or across it."
+    if g['n'] < 2: return f"measured on one seed only ({g['mean']:+.4f})"
+    lo, hi = g['ci95']
+    word = below if hi < 0 else above if lo > 0 else "is not resolved from zero"
+    return f"{word} ({g['mean']:+.4f} ± {g['std']:.4f}, 95% t-interval [{lo:+.4f}, {hi:+.4f}], {g['n']} seeds)"
+
+def rate_findings(table: pd.DataFrame, gaps: dict, study: Preset) -> list[str]:
+    "Sentences on the activation-rate sweep: the best rate, which rates beat dense, and what reuse costs."
+    vs_dense = {g.a: gaps[g.name] for g in study.comparisons if g.name in gaps and g.b in table.index
+                and table.activation_rate[g.b] == 1 and not study.variant(g.a).fresh_data}
+    reuse = {g.a: gaps[g.name] for g in study.comparisons if g.name in gaps and study.variant(g.b).fresh_data}
+    if not vs_dense: return []
+    strict = table.loc[list(vs_dense)].sort_values('loss_mean')
+    best = strict.index[0]
+    out = [f"The lowest mean loss among the MoEs that reuse the data is at r_a = {strict.activation_rate[best]:.2f} "
+           f"(`{best}`, {strict.loss_mean[best]:.4f} ± {strict.loss_std[best]:.4f}); against the dense model its gap "
+           + _verdict(vs_dense[best], "is below zero: it beats dense", "is above zero: it trails dense") + "."]
+    wins = [v for v, g in vs_dense.items() if g['n'] > 1 and g['ci95'][1] < 0]
+    losses = [v for v, g in vs_dense.items() if g['n'] > 1 and g['ci95'][0] > 0]
+    rate = lambda vs: ', '.join(f"{table.activation_rate[v]:.2f}" for v in sorted(vs, key=lambda v: table.activation_rate[v]))
+    out.append((f"The MoE beats the dense model at r_a = {rate(wins)}" if wins else "At no rate is the MoE's win over "
+                "the dense model resolved") + (f"; it trails it at r_a = {rate(losses)}" if losses else "") +
+               " (95% t-intervals of the paired gaps).")
+    for v, g in reuse.items():
+        out.append(f"Repeating the data at r_a = {table.activation_rate[v]:.2f} ({table.epochs[v]:.2f} epochs of the "
+                   "unique data) against fresh data: the gap " + _verdict(g, "is below zero: repetition helped",
+                                                                          "is above zero: repetition cost loss") + ".")
+    return out
+
 # %% ../nbs/10_analysis.ipynb #07e82d38
 def _keeps(field: str):
     "Applies to the runs of variants whose declaration does not change the model field `field`."
@@ -258,6 +304,7 @@ def study_results(study: Preset | str, root: Path | None = None, failed: list[di
     runs, incomplete = load_runs(study.name, root)
     audit = fairness_audit(load_configs(runs), study) if len(runs) else pd.DataFrame(columns=['check', 'ok', 'values'])
     sequences = load_sequences(runs) if len(runs) else {}
+    rates = any(v.activation_rate for v in study.variants) and len(runs)
     return {'preset': study.name, 'base': study.base, 'overrides': study.overrides,
             'seeds': list(study.seeds), 'design_seeds': list(study.design_seeds), 'design_search': study.design_search,
             'std': 'every ± and std: sample standard deviation over seeds (ddof=1), not a standard error',
@@ -272,6 +319,7 @@ def study_results(study: Preset | str, root: Path | None = None, failed: list[di
                           'variants': {v: {'mean': m, 'std': s} for v, (m, s) in study.published.items()},
                           'gaps': {g.name: study.published_gap(g) for g in study.comparisons
                                    if study.published_gap(g) is not None}},
+            'activation_rates': rate_table(runs, study, load_configs(runs)).reset_index().to_dict('records') if rates else [],
             'fair': bool(audit.ok.all()), 'audit': audit.to_dict('records'),
             'incomplete': incomplete, 'failed': failed or []}
 
@@ -325,8 +373,8 @@ def plot_routing(metrics: pd.DataFrame, title: str = ''):
     layers = sorted(r.layer.unique())
     fig, ax = plt.subplots(2, max(len(layers), 3), figsize=(3.3 * max(len(layers), 3), 6.2), squeeze=False)
     for i in layers:
-        sns.lineplot(r[r.layer == i], x='tokens', y='load', hue='expert', errorbar=None, ax=ax[0, i], legend=i == 0,
-                     palette='deep')
+        sns.lineplot(r[r.layer == i], x='tokens', y='load', hue='expert', errorbar=None, ax=ax[0, i], palette='deep',
+                     legend=i == 0 and r.expert.nunique() <= 10)     # more experts than colours: no legend
         ax[0, i].axhline(1 / r.expert.nunique(), color='grey', lw=0.8)
         ax[0, i].set(title=f'layer {i}: expert load', ylim=(0, None))
     per_layer = r.drop_duplicates(['seed', 'step', 'layer'])
@@ -335,5 +383,35 @@ def plot_routing(metrics: pd.DataFrame, title: str = ''):
     for j in range(3, ax.shape[1]): ax[1, j].axis('off')
     for j in range(len(layers), ax.shape[1]): ax[0, j].axis('off')
     if title: fig.suptitle(title, x=0.01, ha='left', fontweight='bold')
+    fig.tight_layout()
+    return fig
+
+RATE_SERIES = {'reused': ('the unique data, repeated', '-', '#00798c'), 'fresh': ('fresh data', '--', '#edae49')}
+
+def plot_rate_curve(table: pd.DataFrame, runs: pd.DataFrame):
+    """Best validation loss and bits per byte against activation rate: the MoEs that reuse the unique data and their
+    fresh-data twins (mean over seeds, band ± std, dots: seeds), and each dense variant (line, band ± std)."""
+    moe = table[table.activation_rate < 1]
+    if moe.empty: return None
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.3))
+    for a, (metric, column, label) in zip(ax, (('loss', 'best_val_loss', 'best validation loss (nats / token)'),
+                                                ('bpb', 'best_val_bpb', 'best validation bits per byte'))):
+        for data, (name, style, colour) in RATE_SERIES.items():
+            s = moe[(moe.data == 'fresh') == (data == 'fresh')].sort_values('activation_rate')
+            if s.empty: continue
+            mean, std = s[f'{metric}_mean'], s[f'{metric}_std'].fillna(0)
+            a.plot(s.activation_rate, mean, style, marker='o', color=colour, label=f'MoE, {name}')
+            a.fill_between(s.activation_rate, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
+            seeds = runs[runs.variant.isin(s.index)]
+            a.scatter(s.activation_rate[seeds.variant], seeds[column], color=colour, s=9, alpha=0.6)
+            if data == 'reused':
+                for v in s.index: a.annotate(f"{s.epochs[v]:.1f} ep", (s.activation_rate[v], mean[v]), fontsize=7,
+                                             textcoords='offset points', xytext=(4, 6), color=colour)
+        for v, r in table[table.activation_rate == 1].iterrows():
+            std = 0 if pd.isna(r[f'{metric}_std']) else r[f'{metric}_std']
+            a.axhline(r[f'{metric}_mean'], color='#d1495b', lw=1.2, label=f'{v} (dense, r_a = 1)')
+            a.axhspan(r[f'{metric}_mean'] - std, r[f'{metric}_mean'] + std, color='#d1495b', alpha=0.12, lw=0)
+        a.set(xlabel='activation rate r_a = N_active / N_total (non-embedding)', ylabel=label)
+    ax[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

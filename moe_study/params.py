@@ -228,13 +228,17 @@ def variant_table(preset: Preset | str, variants: list[str] | None = None) -> li
     return [variant_row(preset, v) for v in (variants or preset.variant_names)]
 
 # %% ../nbs/06_params.ipynb #5bdad3a9
+def _or_unknown(x, form: str) -> str: return '?' if x is None else form.format(x)
+
 def format_param_table(rows: list[dict]) -> str:
     "A fixed-width text table of `variant_table` rows."
     w = max(14, *(len(r['variant']) + 2 for r in rows))
-    header = f"{'variant':<{w}}{'total':>12}{'active':>12}{'embedding':>11}{'d_model':>9}{'d_ff':>7}{'GFLOP/tok':>11}  rule (residual)"
+    header = (f"{'variant':<{w}}{'total':>12}{'active':>12}{'embedding':>11}{'d_model':>9}{'d_ff':>7}{'r_a':>7}"
+              f"{'GFLOP/tok':>11}{'tokens':>13}{'epochs':>8}  rule (residual)")
     lines = [header, '-' * len(header)]
     for r in rows:
         rule = r['rule'] + ('' if r['matched_to'] is None else f" ({r['residual_pct']:+.3f}%)")
         lines.append(f"{r['variant']:<{w}}{r['params_total']:>12,}{r['params_active']:>12,}{r['params_embedding']:>11,}"
-                     f"{r['d_model']:>9}{r['d_ff']:>7}{r['flops_per_token'] / 1e9:>11.4f}  {rule}")
+                     f"{r['d_model']:>9}{r['d_ff']:>7}{r['activation_rate']:>7.3f}{r['flops_per_token'] / 1e9:>11.4f}"
+                     f"{_or_unknown(r['tokens'], '{:,}'):>13}{_or_unknown(r['epochs'], '{:.2f}'):>8}  {rule}")
     return '\n'.join(lines)

@@ -22,8 +22,24 @@ def test_params_json_lists_every_declared_variant_matched_within_half_a_percent(
         c = count_params(cfg)
         assert (r['params_total'], r['params_active'], r['params_embedding']) == (c.total, c.active, c.embedding)
         assert r['flops_per_token'] == flops_per_token(cfg)
-        assert r['matched_to'] == PRESETS[preset].variant(r['variant']).match
+        v = PRESETS[preset].variant(r['variant'])
+        assert r['matched_to'] == ('total' if v.activation_rate else v.match)
         assert r['matched_to'] is None or abs(r['residual_pct']) <= 0.5
+
+
+def test_params_json_gives_the_resources_of_an_equal_resources_study():
+    rows = {r['variant']: r for r in json.loads(cli('params', '--preset', 'equal_cpu', '--json').stdout)}
+    fields = ('params_total_nonembedding', 'params_active_nonembedding', 'activation_rate', 'flops_per_token', 'tokens',
+              'epochs', 'train_flops')
+    assert all(r[f] is not None for r in rows.values() for f in fields)
+    dense = rows['dense']
+    assert (dense['activation_rate'], dense['epochs']) == (1.0, 1.0)
+    for name, r in rows.items():
+        assert r['train_flops'] == r['flops_per_token'] * r['tokens']
+        assert abs(r['train_flops'] / dense['train_flops'] - 1) <= 0.01, name
+        assert abs(r['activation_rate'] - r['params_active_nonembedding'] / r['params_total_nonembedding']) < 1e-6
+    assert rows['moe_r17']['epochs'] == round(rows['moe_r17']['tokens'] / dense['tokens'], 6) > 2
+    assert rows['moe_r17_fresh']['epochs'] == 1.0
 
 
 def test_params_table_is_readable():
