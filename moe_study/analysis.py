@@ -201,17 +201,17 @@ def rate_findings(table: pd.DataFrame, gaps: dict, study: Preset) -> list[str]:
     if not vs_dense: return []
     strict = table.loc[list(vs_dense)].sort_values('loss_mean')
     best = strict.index[0]
-    out = [f"The lowest mean loss among the MoEs that reuse the data is at r_a = {strict.activation_rate[best]:.2f} "
+    out = [f"The lowest mean loss among the MoEs that reuse the data is at r_a = {strict.activation_rate[best]:.3f} "
            f"(`{best}`, {strict.loss_mean[best]:.4f} ± {strict.loss_std[best]:.4f}); against the dense model its gap "
            + _verdict(vs_dense[best], "is below zero: it beats dense", "is above zero: it trails dense") + "."]
     wins = [v for v, g in vs_dense.items() if g['n'] > 1 and g['ci95'][1] < 0]
     losses = [v for v, g in vs_dense.items() if g['n'] > 1 and g['ci95'][0] > 0]
-    rate = lambda vs: ', '.join(f"{table.activation_rate[v]:.2f}" for v in sorted(vs, key=lambda v: table.activation_rate[v]))
+    rate = lambda vs: ', '.join(f"{table.activation_rate[v]:.3f}" for v in sorted(vs, key=lambda v: table.activation_rate[v]))
     out.append((f"The MoE beats the dense model at r_a = {rate(wins)}" if wins else "At no rate is the MoE's win over "
                 "the dense model resolved") + (f"; it trails it at r_a = {rate(losses)}" if losses else "") +
                " (95% t-intervals of the paired gaps).")
     for v, g in reuse.items():
-        out.append(f"Repeating the data at r_a = {table.activation_rate[v]:.2f} ({table.epochs[v]:.2f} epochs of the "
+        out.append(f"Repeating the data at r_a = {table.activation_rate[v]:.3f} ({table.epochs[v]:.2f} epochs of the "
                    "unique data) against fresh data: the gap " + _verdict(g, "is below zero: repetition helped",
                                                                           "is above zero: repetition cost loss") + ".")
     return out

@@ -466,11 +466,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                     design_search="The design was fixed from step times and reachable rates alone, before any run of "
                                   "it had trained: no seed played a part in choosing it, so every seed is a fresh one."),
     equal_resources('equal_gpu', "strictly equal resources on one GPU at the seed study's scale: TinyStories, a dense "
-                    "8-layer width-256 reference (28M parameters), MoEs at four activation rates, 4,000 dense steps",
+                    "8-layer width-256 reference (28M parameters), MoEs at four activation rates, 2,500 dense steps",
                     ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=4040, context_len=512),
                     DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
-                    TrainConfig(batch_size=64, max_steps=4000, lr=2e-3, warmup_steps=400, eval_every=500, log_every=50,
-                                checkpoint_every=500, compile=True, unique_tokens=4000 * 64 * 512),
+                    TrainConfig(batch_size=64, max_steps=2500, lr=2e-3, warmup_steps=250, eval_every=250, log_every=50,
+                                checkpoint_every=250, compile=True, unique_tokens=2500 * 64 * 512),
                     EQUAL_RATES),
     dense_vs_moe('tinystories', "the seed study's regime: TinyStories, one GPU, ~20M parameters stored",
                  ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=688, context_len=512,

@@ -136,6 +136,38 @@ def test_a_one_variant_study_renders_without_gaps(tmp_path):
     assert 'declares no comparison' in html and 'nothing to show' in html
 
 
+def test_an_equal_resources_study_end_to_end(tmp_path):
+    "A small strictly-equal-resources study: equal compute, reuse against fresh data, the rate sweep in the report."
+    from moe_study.config import DataConfig, ModelConfig, TrainConfig, equal_resources, get_preset
+    from moe_study.study import run_study
+    smoke = get_preset('smoke')
+    study = equal_resources('smoke_equal', "a smoke-sized equal-resources study",
+                            ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=512, context_len=64),
+                            smoke.data, TrainConfig(batch_size=8, max_steps=12, warmup_steps=2, eval_every=6,
+                                                    log_every=3, checkpoint_every=6, sample_tokens=8, threads=1,
+                                                    unique_tokens=12 * 8 * 64),
+                            (0.3, 0.6), moe={'n_shared_experts': 1, 'renormalize': False}, match_multiple=4)
+    out = run_study(study, seeds=[0, 1], runs=tmp_path / 'runs', reports=tmp_path / 'report', progress=False)
+    assert not out.failed and out.report_error is None, (out.failed, out.report_error)
+    configs = {v: json.loads((tmp_path / 'runs' / 'smoke_equal' / v / 'seed0' / 'config.json').read_text())
+               for v in study.variant_names}
+    dense = configs['dense']
+    for v, c in configs.items():     # the reference's compute, within half a step
+        assert abs(c['train_flops'] - dense['train_flops']) <= c['flops_per_token'] * c['tokens_per_step'] / 2, v
+    assert dense['epochs'] == 1.0 and configs['moe_r30']['epochs'] > configs['moe_r60']['epochs'] > 1
+    assert configs['moe_r30_fresh']['epochs'] == 1.0
+    assert configs['moe_r30']['identity']['budget']['unique_tokens'] == 12 * 8 * 64
+    assert configs['moe_r30_fresh']['identity']['budget']['unique_tokens'] == configs['moe_r30']['identity']['steps'] * 8 * 64
+    report = tmp_path / 'report' / 'smoke_equal'
+    results = json.loads((report / 'results.json').read_text())
+    assert results['fair'], results['audit']
+    assert [r['variant'] for r in results['activation_rates']] == study.variant_names
+    assert set(results['gaps']) == {g.name for g in study.comparisons}
+    assert (report / 'activation_rate.png').exists()
+    html = (report / 'index.html').read_text()
+    assert 'Loss against activation rate' in html and 'What the paper found' in html and 'unique data' in html
+
+
 def stories(n):
     from moe_study.stories import synthetic_stories
     return synthetic_stories(3, 60, 'train', 0, n)
