@@ -199,7 +199,8 @@ def run_budget(preset: Preset | str, variant: str, split_windows: int | None = N
     if steps and v.budget == 'compute':
         steps = max(1, round(steps * flops_per_token(preset.model) / flops_per_token(cfg)))
     pool = steps * t.batch_size if (v.fresh_data and steps) else shared_pool
-    tokens, unique = steps and steps * t.batch_size * seq_len, (pool or split_windows) and (pool or split_windows) * seq_len
+    windows = pool or split_windows                                  # what one epoch covers
+    tokens, unique = steps and steps * t.batch_size * seq_len, windows and windows * seq_len
     fpt = flops_per_token(cfg)
     return Budget(v.budget, steps, tokens, pool, unique, tokens / unique if tokens and unique else None,
                   fpt, tokens and fpt * tokens)
