@@ -248,7 +248,7 @@ def cache_root() -> Path:
 # %% ../nbs/00_config.ipynb #fc0f7955
 MATCH_TARGETS = ('active', 'total')
 MATCH_RESIZE = ('ffn', 'width')
-BUDGETS = ('tokens', 'compute')
+BUDGETS = ('tokens', 'compute', 'flops')
 _NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')      # names become directory names
 
 @dataclass(frozen=True)
@@ -259,7 +259,9 @@ class Variant:
     overrides: dict = field(default_factory=dict)   # ModelConfig fields changed on the reference, first
     match: str | None = None        # then a dense model matched to that config's 'active' | 'total' count
     resize: str = 'ffn'             # what the solver resizes: 'ffn' (d_ff) | 'width' (d_model)
-    budget: str = 'tokens'          # 'tokens': the study's tokens | 'compute': the reference's training FLOPs
+    budget: str = 'tokens'          # 'tokens': the study's tokens | 'compute': the reference's training FLOPs |
+                                    # 'flops': `budget_flops` training FLOPs (an IsoFLOP point)
+    budget_flops: float | None = None
     activation_rate: float | None = None    # an MoE at this N_active / N_total, matched to the reference's N_total
     fresh_data: bool = False        # its tokens are all unique (Li et al.'s loose setting), not drawn from the study's D̂
 
@@ -273,6 +275,10 @@ class Variant:
         c.need(self.match is None or self.match in MATCH_TARGETS, 'match', f"must be None or one of {MATCH_TARGETS}")
         c.need(self.resize in MATCH_RESIZE, 'resize', f"must be one of {MATCH_RESIZE}")
         c.need(self.budget in BUDGETS, 'budget', f"must be one of {BUDGETS}")
+        c.need((self.budget == 'flops') == (self.budget_flops is not None), 'budget_flops',
+               "must be set exactly when budget='flops' (the training FLOPs the variant spends)")
+        c.need(self.budget_flops is None or (_is_number(self.budget_flops) and self.budget_flops > 0), 'budget_flops',
+               "must be a finite positive number of FLOPs")
         c.need(self.activation_rate is None or (_is_number(self.activation_rate) and 0 < self.activation_rate <= 1),
                'activation_rate', "must be None or a number in (0, 1]")
         c.need(self.activation_rate is None or self.match is None, 'activation_rate',
@@ -286,7 +292,8 @@ class Variant:
         parts = [f"{k}={v}" for k, v in self.overrides.items()]
         if self.match: parts.append(f"dense, {self.match}-matched ({self.resize})")
         if self.activation_rate: parts.append(f"MoE at r_a={self.activation_rate:g}, total-matched")
-        if self.budget != 'tokens': parts.append(f"{self.budget} budget")
+        if self.budget == 'flops': parts.append(f"{self.budget_flops:.3g} FLOPs budget")
+        elif self.budget != 'tokens': parts.append(f"{self.budget} budget")
         if self.fresh_data: parts.append("fresh data")
         return ', '.join(parts) or 'reference'
 

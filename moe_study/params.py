@@ -178,7 +178,7 @@ def variant_config(preset: Preset | str, variant: str) -> ModelConfig:
 @dataclass(frozen=True)
 class Budget:
     "How long a run trains and on what: steps and tokens, its pool of unique data, epochs over it, compute."
-    rule: str                       # 'tokens' | 'compute'
+    rule: str                       # 'tokens' | 'compute' | 'flops'
     steps: int | None               # None: set by the corpus's size, not known yet
     tokens: int | None              # steps · batch_size · seq_len
     pool: int | None                # windows of unique data it draws from (None: the whole training split)
@@ -198,6 +198,8 @@ def run_budget(preset: Preset | str, variant: str, split_windows: int | None = N
     steps = t.max_steps or (epoch_windows and max(1, int(t.epochs * epoch_windows) // t.batch_size))
     if steps and v.budget == 'compute':
         steps = max(1, round(steps * flops_per_token(preset.model) / flops_per_token(cfg)))
+    if v.budget == 'flops':                       # an IsoFLOP point: its own compute, whatever the recipe's steps
+        steps = max(1, round(v.budget_flops / (flops_per_token(cfg) * t.batch_size * seq_len)))
     pool = steps * t.batch_size if (v.fresh_data and steps) else shared_pool
     windows = pool or split_windows                                  # what one epoch covers
     tokens, unique = steps and steps * t.batch_size * seq_len, windows and windows * seq_len
@@ -217,7 +219,9 @@ def variant_row(preset: Preset | str, variant: str) -> dict:
             'params_total': c.total, 'params_active': c.active,
             'params_embedding': c.embedding, 'params_total_nonembedding': c.total_nonembedding,
             'params_active_nonembedding': c.active_nonembedding, 'activation_rate': round(c.activation_rate, 6),
-            'flops_per_token': flops_per_token(cfg), 'budget': b.rule, 'steps': b.steps, 'tokens': b.tokens,
+            'sparsity': (cfg.n_experts - cfg.top_k) / cfg.n_experts if moe else 0.0,
+            'flops_per_token': flops_per_token(cfg), 'budget': b.rule,
+            'budget_flops': preset.variant(variant).budget_flops, 'steps': b.steps, 'tokens': b.tokens,
             'unique_tokens': b.unique_tokens, 'epochs': b.epochs and round(b.epochs, 6), 'train_flops': b.train_flops,
             'd_model': cfg.d_model, 'd_ff': cfg.d_expert if cfg.is_moe else cfg.d_ff,
             'matched_to': None if m is None else m.matched_to,

@@ -219,6 +219,8 @@ def run_identity(spec: RunSpec, data: TokenCache, budget: Budget) -> dict:
         identity['budget'] = {'rule': budget.rule}
         if budget.rule == 'compute':    # the reference's training FLOPs, which every `compute` variant spends
             identity['budget']['reference_flops_per_token'] = flops_per_token(spec.preset.model)
+        if budget.rule == 'flops':      # its own IsoFLOP budget
+            identity['budget']['budget_flops'] = spec.preset.variant(spec.variant).budget_flops
         if budget.pool is not None:     # D̂, the unique data it repeats
             identity['budget']['unique_tokens'] = budget.unique_tokens
     return identity
