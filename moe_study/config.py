@@ -11,12 +11,13 @@ from typing import Any
 # %% auto #0
 __all__ = ['FFN_KINDS', 'BALANCING_MODES', 'positive_int', 'optional_positive_int', 'MAX_SEED', 'MAX_THREADS', 'DERIVED_FIELDS',
            'DATA_SOURCES', 'DEVICES', 'DTYPES', 'ADDED_FIELDS', 'MATCH_TARGETS', 'MATCH_RESIZE', 'BUDGETS',
-           'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS', 'EQUAL_MOE', 'EQUAL_RATES', 'EQUAL_CPU_TRAIN',
-           'SEED_STUDY', 'SEED_STUDY_SOURCE', 'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA',
-           'CPU_TRAIN', 'CPU_DESIGN_SEARCH', 'ABLATIONS', 'PRESETS', 'OVERRIDE_SECTIONS', 'ConfigError', 'Checks',
-           'valid_seed', 'check_seeds', 'ModelConfig', 'config_from_dict', 'DataConfig', 'TrainConfig',
+           'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS', 'EQUAL_MOE', 'EQUAL_RATES', 'EQUAL_CPU_TRAIN', 'ISOFLOP',
+           'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY', 'SEED_STUDY_SOURCE', 'DENSE_VS_MOE', 'MATCHED',
+           'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN', 'CPU_DESIGN_SEARCH', 'ABLATIONS', 'ISOFLOP_REFERENCE',
+           'ISOFLOP_CPU_TRAIN', 'ISOFLOP_EXPERTS', 'ISOFLOP_RATIOS', 'PRESETS', 'OVERRIDE_SECTIONS', 'ConfigError',
+           'Checks', 'valid_seed', 'check_seeds', 'ModelConfig', 'config_from_dict', 'DataConfig', 'TrainConfig',
            'upgrade_identity', 'project_root', 'cache_root', 'Variant', 'Comparison', 'Preset', 'equal_resources',
-           'dense_vs_moe', 'preset_to_dict', 'preset_from_dict', 'get_preset', 'study_with']
+           'isoflop_sweep', 'dense_vs_moe', 'preset_to_dict', 'preset_from_dict', 'get_preset', 'study_with']
 
 # %% ../nbs/00_config.ipynb #e40410b7
 class ConfigError(ValueError):
@@ -264,6 +265,9 @@ class Variant:
     budget_flops: float | None = None
     activation_rate: float | None = None    # an MoE at this N_active / N_total, matched to the reference's N_total
     fresh_data: bool = False        # its tokens are all unique (Li et al.'s loose setting), not drawn from the study's D̂
+    tokens_per_param: float | None = None   # with budget='flops': d_model sized so tokens / active params is this
+    granularity: int = 1            # G: each expert split into G of width d_expert / G, top_k · G of them used
+    seeds: tuple[int, ...] | None = None    # the seeds a study runs this variant with (None: the study's)
 
     def __post_init__(self):
         c = Checks(self, f"Variant {self.name!r}")
@@ -284,6 +288,13 @@ class Variant:
         c.need(self.activation_rate is None or self.match is None, 'activation_rate',
                "cannot be combined with match (a variant is either a dense match or an MoE at a rate)")
         c.need(isinstance(self.fresh_data, bool), 'fresh_data', "must be True or False")
+        c.need(self.tokens_per_param is None or (_is_number(self.tokens_per_param) and self.tokens_per_param > 0
+                                                  and self.budget == 'flops'), 'tokens_per_param',
+               "must be None, or a positive number with budget='flops' (it sizes the model for its FLOPs budget)")
+        c.need(positive_int(self.granularity), 'granularity', "must be a positive integer")
+        c.need(self.seeds is None or (isinstance(self.seeds, tuple) and len(self.seeds) > 0 and all(map(valid_seed, self.seeds))
+                                      and len(set(self.seeds)) == len(self.seeds)), 'seeds',
+               f"must be None or a tuple of distinct integers from 0 to {MAX_SEED}")
         c.raise_all()
 
     @property
@@ -292,6 +303,8 @@ class Variant:
         parts = [f"{k}={v}" for k, v in self.overrides.items()]
         if self.match: parts.append(f"dense, {self.match}-matched ({self.resize})")
         if self.activation_rate: parts.append(f"MoE at r_a={self.activation_rate:g}, total-matched")
+        if self.granularity > 1: parts.append(f"granularity {self.granularity}")
+        if self.tokens_per_param: parts.append(f"sized for {self.tokens_per_param:g} tokens per active parameter")
         if self.budget == 'flops': parts.append(f"{self.budget_flops:.3g} FLOPs budget")
         elif self.budget != 'tokens': parts.append(f"{self.budget} budget")
         if self.fresh_data: parts.append("fresh data")
@@ -351,6 +364,9 @@ class Preset:
         c.need(len(self.seeds) > 0, 'seeds', "must name at least one seed")
         c.each('design_search published_findings question', lambda v: isinstance(v, str), "must be text")
         c.need(set(self.published) <= set(names), 'published', "may only name declared variants")
+        for v in self.variants:
+            if v.granularity > 1 and not self.model.replace(**v.overrides).is_moe:
+                c.problems.append(f"variant {v.name!r}: granularity={v.granularity} needs an MoE (ffn='moe')")
         c.raise_all()
 
     @property
@@ -399,6 +415,35 @@ EQUAL_RATES = (0.17, 0.24, 0.4, 0.58)         # top-1, 3, 7 and 12 of 23 routed 
 EQUAL_CPU_TRAIN = TrainConfig(batch_size=32, max_steps=224, lr=5e-3, warmup_steps=22, eval_every=56, log_every=16,
                               checkpoint_every=56, threads=1, unique_tokens=224 * 32 * 128)
 
+# %% ../nbs/00_config.ipynb #46305da3
+ISOFLOP = ("At a fixed training budget, how do loss, the best model size and the best number of active parameters "
+           "change with sparsity S = (E - k) / E? IsoFLOP curves: at each budget and sparsity, several sizes, each "
+           "trained on the tokens the budget buys; the law of eq. 6 fitted across them, tested on the sparsest points.")
+ABNAR_ET_AL = "Abnar et al. 2025 (arXiv 2501.12370: IsoFLOP sweeps up to 1e21 FLOPs, sparsity up to 98%)"
+ABNAR_FINDINGS = ("At a fixed training budget, more sparsity with a larger total model lowered the loss; as sparsity "
+                  "rose, the compute-optimal total size grew and the compute-optimal active size shrank; below a size "
+                  "threshold, which rises with the budget, dense models beat sparse ones.")
+
+def isoflop_sweep(name: str, description: str, reference: ModelConfig, data: DataConfig, train: TrainConfig,
+                  budgets: tuple[float, ...], experts: tuple[tuple[int, int], ...], ratios: tuple[float, ...],
+                  granularities: tuple[int, ...] = (1,), noise_budget: int | None = None, **kw) -> Preset:
+    """An IsoFLOP study: for each budget, a dense model and each (E, k) MoE (split by each granularity), sized by
+    the solver for each of `ratios` tokens per active parameter; a second seed for the runs at `budgets[noise_budget]`."""
+    variants = []
+    for i, budget in enumerate(budgets):
+        seeds = (0, 1) if i == noise_budget else None
+        kinds = [(0.0, 1, {'ffn': 'dense', 'd_ff': reference.top_k * reference.d_expert}, "dense")]
+        kinds += [((E - k) / E, G, {'ffn': 'moe', 'n_experts': E, 'top_k': k}, f"{E} experts, top-{k}" +
+                   (f", granularity {G}" if G > 1 else '')) for E, k in experts for G in granularities]
+        for S, G, overrides, what in kinds:
+            for r in ratios:
+                n = f"c{i + 1}_s{round(100 * S):02d}{f'_g{G}' if G > 1 else ''}_r{r:g}"
+                variants.append(Variant(n, f"S = {S:g} ({what}) at {budget:.3g} FLOPs, sized for {r:g} tokens per active "
+                                           "parameter", overrides, budget='flops', budget_flops=budget,
+                                        tokens_per_param=r, granularity=G, seeds=seeds))
+    return Preset(name, description, reference, data, train, tuple(variants), question=ISOFLOP,
+                  published_source=ABNAR_ET_AL, published_findings=ABNAR_FINDINGS, **kw)
+
 # %% ../nbs/00_config.ipynb #fec15097
 SEED_STUDY = {'dense_active': (1.6545, 0.0012), 'moe': (1.5788, 0.0020), 'dense_total': (1.5608, 0.0025)}
 SEED_STUDY_SOURCE = "the seed study (arXiv 2605.13769: TinyStories, ~20M parameters)"
@@ -444,6 +489,13 @@ ABLATIONS = (
     _ablation('e8_top2', "8 experts, top-2 (twice the stored experts, same active)", n_experts=8),
 )
 
+ISOFLOP_REFERENCE = ModelConfig(vocab_size=1024, d_model=32, n_layers=4, n_heads=2, d_ff=128, context_len=128, ffn='moe',
+                                n_experts=8, top_k=2, d_expert=64)      # widths are the solver's; d_e = 2·d_model
+ISOFLOP_CPU_TRAIN = TrainConfig(batch_size=32, lr=5e-3, warmup_steps=30, eval_every=100, log_every=20,
+                                checkpoint_every=100, threads=1)
+ISOFLOP_EXPERTS = ((4, 2), (8, 2), (16, 2))         # S = 0.5, 0.75, 0.875, beside the dense model (S = 0)
+ISOFLOP_RATIOS = (8, 20, 50, 125)                   # tokens per active parameter: 2.5 times apart, around ~20
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     dense_vs_moe('smoke', "tests: a two-layer toy that trains in seconds",
                  ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=176, context_len=64,
@@ -479,6 +531,18 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                     TrainConfig(batch_size=64, max_steps=2500, lr=2e-3, warmup_steps=250, eval_every=250, log_every=50,
                                 checkpoint_every=250, compile=True, unique_tokens=2500 * 64 * 512),
                     EQUAL_RATES),
+    isoflop_sweep('isoflop_cpu', "IsoFLOP sweeps on two CPU cores: 2 budgets × 4 sparsities × 4 sizes (widths 20 to 48), "
+                  "a second seed at the first budget", ISOFLOP_REFERENCE, CPU_DATA, ISOFLOP_CPU_TRAIN, (1e12, 2e12),
+                  ISOFLOP_EXPERTS, ISOFLOP_RATIOS, noise_budget=0, seeds=(0,), match_multiple=4,
+                  design_search="Budgets, sparsities and tokens-per-parameter targets were fixed from the solver's widths "
+                                "and measured step times alone, before any run of the study trained."),
+    isoflop_sweep('isoflop_gpu', "IsoFLOP sweeps on one GPU at the seed study's scale: TinyStories, 8 layers, "
+                  "2 budgets × 4 sparsities × 4 sizes", ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4,
+                  d_ff=688, context_len=512, ffn='moe', n_experts=8, top_k=2, d_expert=344),
+                  DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
+                  TrainConfig(batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, log_every=50,
+                              checkpoint_every=500, compile=True),
+                  (1e16, 3e16), ISOFLOP_EXPERTS, ISOFLOP_RATIOS, noise_budget=0, seeds=(0,), match_multiple=8),
     dense_vs_moe('tinystories', "the seed study's regime: TinyStories, one GPU, ~20M parameters stored",
                  ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=688, context_len=512,
                              ffn='moe', n_experts=4, top_k=2, d_expert=688),
@@ -498,7 +562,8 @@ def preset_from_dict(d: dict) -> Preset:
     try:
         sections = {s: config_from_dict(cls, d.pop(s)) for s, cls in
                     (('model', ModelConfig), ('data', DataConfig), ('train', TrainConfig))}
-        variants = tuple(config_from_dict(Variant, v) for v in d.pop('variants'))
+        variants = tuple(config_from_dict(Variant, {**v, 'seeds': tuple(v['seeds'])} if v.get('seeds') else v)
+                         for v in d.pop('variants'))
         comparisons = tuple(config_from_dict(Comparison, g) for g in d.pop('comparisons', ()))
     except KeyError as e: raise ConfigError(f"a study declaration needs {e}") from None
     for s in ('seeds', 'design_seeds'):

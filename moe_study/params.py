@@ -12,8 +12,9 @@ from .config import ModelConfig, Preset, ConfigError, get_preset
 
 # %% auto #0
 __all__ = ['MATCH_QUANTITIES', 'MAX_EXPERTS', 'ParamCounts', 'count_params', 'count_module_params', 'meta_decoder',
-           'flops_per_token', 'Match', 'match_dense', 'match_activation_rate', 'variant_match', 'variant_config',
-           'Budget', 'run_budget', 'variant_row', 'variant_table', 'format_param_table']
+           'flops_per_token', 'Match', 'match_dense', 'match_activation_rate', 'variant_match', 'split_experts',
+           'variant_config', 'Sized', 'size_for_budget', 'Budget', 'run_budget', 'variant_row', 'variant_table',
+           'format_param_table']
 
 # %% ../nbs/06_params.ipynb #6f0b05f4
 @dataclass(frozen=True)
@@ -168,11 +169,56 @@ def variant_match(preset: Preset | str, variant: str) -> Match | None:
     if v.match is None: return None
     return match_dense(preset.model.replace(**v.overrides), v.match, v.resize, preset.match_multiple)
 
+def split_experts(cfg: ModelConfig, granularity: int) -> ModelConfig:
+    "Granularity G: each expert of width d_e becomes G experts of width d_e / G, and a token uses k·G of them."
+    if granularity == 1: return cfg
+    if not cfg.is_moe or cfg.d_expert % granularity:
+        raise ConfigError(f"granularity={granularity} needs an MoE whose d_expert ({cfg.d_expert}) it divides")
+    return cfg.replace(n_experts=cfg.n_experts * granularity, top_k=cfg.top_k * granularity,
+                       d_expert=cfg.d_expert // granularity)
+
 def variant_config(preset: Preset | str, variant: str) -> ModelConfig:
-    "The model config of `variant` in `preset`: the reference with its overrides, then matched if it is matched."
+    """The model config of `variant` in `preset`: the reference with its overrides, then matched if it is matched
+    (or sized for its FLOPs budget), its experts split by its granularity."""
     preset = get_preset(preset)
+    v = preset.variant(variant)
+    if v.tokens_per_param is not None: return size_for_budget(preset, variant).config
     m = variant_match(preset, variant)
-    return preset.model.replace(**preset.variant(variant).overrides) if m is None else m.config
+    return split_experts(preset.model.replace(**v.overrides) if m is None else m.config, v.granularity)
+
+# %% ../nbs/06_params.ipynb #5f6fc402
+@dataclass(frozen=True)
+class Sized:
+    "A model sized for a FLOPs budget: its config and the tokens per active non-embedding parameter it gets."
+    config: ModelConfig
+    tokens: float
+    tokens_per_param: float
+
+def _at_width(ref: ModelConfig, d: int, multiple: int) -> ModelConfig:
+    "`ref` at width d, its FFN and expert widths scaled with it (multiples of `multiple`)."
+    scale = lambda w: _round_to(w * d / ref.d_model, multiple)
+    return ref.replace(d_model=d, d_ff=scale(ref.d_ff), d_expert=scale(ref.d_expert))
+
+def size_for_budget(preset: Preset | str, variant: str, max_width: int = 4096) -> Sized:
+    "The width at which `variant`'s FLOPs budget buys the declared tokens per active parameter (closest in log)."
+    preset = get_preset(preset)
+    v, t = preset.variant(variant), preset.train
+    base = preset.model.replace(**v.overrides)
+    step = math.lcm(preset.match_multiple, 2 * base.n_heads)
+    tokens_per_step = t.batch_size * (t.seq_len or base.context_len)
+    best = None
+    for d in range(step, max_width + 1, step):
+        cfg = split_experts(_at_width(base, d, math.lcm(preset.match_multiple, v.granularity)), v.granularity)
+        tokens = v.budget_flops / flops_per_token(cfg)
+        ratio = tokens / count_params(cfg).active_nonembedding
+        if best is None or abs(math.log(ratio / v.tokens_per_param)) < abs(math.log(best.tokens_per_param / v.tokens_per_param)):
+            best = Sized(cfg, tokens, ratio)
+        if ratio < v.tokens_per_param: break                     # the ratio falls as the width grows
+    if best.tokens < tokens_per_step or abs(math.log(best.tokens_per_param / v.tokens_per_param)) > math.log(1.5):
+        raise ConfigError(f"variant {variant!r}: a budget of {v.budget_flops:.3g} FLOPs cannot buy {v.tokens_per_param:g} "
+                          f"tokens per active parameter at any width (closest: {best.tokens_per_param:.3g} at d_model="
+                          f"{best.config.d_model}, {best.tokens:.3g} tokens); change the budget or the ratio")
+    return best
 
 # %% ../nbs/06_params.ipynb #0c00e306
 @dataclass(frozen=True)
@@ -220,6 +266,7 @@ def variant_row(preset: Preset | str, variant: str) -> dict:
             'params_embedding': c.embedding, 'params_total_nonembedding': c.total_nonembedding,
             'params_active_nonembedding': c.active_nonembedding, 'activation_rate': round(c.activation_rate, 6),
             'sparsity': (cfg.n_experts - cfg.top_k) / cfg.n_experts if moe else 0.0,
+            'granularity': preset.variant(variant).granularity if moe else None,
             'flops_per_token': flops_per_token(cfg), 'budget': b.rule,
             'budget_flops': preset.variant(variant).budget_flops, 'steps': b.steps, 'tokens': b.tokens,
             'unique_tokens': b.unique_tokens, 'epochs': b.epochs and round(b.epochs, 6), 'train_flops': b.train_flops,

@@ -15,7 +15,7 @@ from .config import ConfigError, PRESETS, Preset, check_seeds, positive_int, pre
 from .analysis import require_fair, study_results
 from .data import load_data
 from .fileio import write_json_atomic, write_text_atomic
-from .params import flops_per_token, variant_config
+from .params import flops_per_token, run_budget, variant_config
 from .device import run_threads
 from .trainer import LAUNCHER_ENV, TrainingError, finished_summary, plan_run, resolve_run, run_dir, runs_root
 
@@ -133,23 +133,23 @@ def _finished(study: Preset, run: tuple[str, int], path: Path, data) -> RunOutco
 
 def sweep(study: Preset, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
           execute=execute_run, jobs: int | None = None) -> list[RunOutcome]:
-    """Run every variant × seed of `study` (default: all it declares, its default seeds) that is not complete,
-    `jobs` at a time (None: `default_jobs`), the most FLOPs per token first so the last to finish are the
-    short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
+    """Run every variant × seed of `study` (default: all it declares, each with its own seeds or else the study's)
+    that is not complete, `jobs` at a time (None: `default_jobs`), the costliest first (training FLOPs, else FLOPs
+    per token) so the last to finish are the short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
     the variants, the seeds (a repeated one runs once), the corpus, and each finished run's identity.
     An interrupt launches nothing more, stops the running runs and raises `Interrupted`."""
     if jobs is not None and not positive_int(jobs):
         raise ConfigError(f"jobs={jobs!r}: must be a positive integer (the number of runs executed at once)")
     variants = list(dict.fromkeys(variants or study.variant_names))
     for v in variants: study.variant(v)
-    seeds = check_seeds(study.seeds if seeds is None else seeds, 'seed')
+    seeds = None if seeds is None else check_seeds(seeds, 'seed')
     root = Path(root or runs_root())
     data = load_data(study)                         # a bad corpus fails here; the cache is built once, not per run
     write_study(study, root)
-    todo = [(v, s) for s in seeds for v in variants]
+    todo = [(v, s) for v in variants for s in (seeds or study.variant(v).seeds or study.seeds)]
     paths = {run: run_dir(study.name, *run, root) for run in todo}
     outcomes = {run: o for run in todo if (o := _finished(study, run, paths[run], data)) is not None}
-    cost = {v: flops_per_token(variant_config(study, v)) for v in variants}
+    cost = {v: run_budget(study, v).train_flops or flops_per_token(variant_config(study, v)) for v in variants}
     pending = sorted((run for run in todo if run not in outcomes), key=lambda run: -cost[run[0]])
     processes = Processes()
 
