@@ -11,8 +11,9 @@ from scipy.optimize import minimize
 from scipy.special import huber
 
 # %% auto #0
-__all__ = ['LAW_PARAMS', 'LOG_FITTED', 'EXPONENT_STARTS', 'HUBER_DELTA', 'Parabola', 'fit_isoflop_parabola', 'sparsity_law',
-           'LawFit', 'fit_sparsity_law']
+__all__ = ['LAW_PARAMS', 'LOG_FITTED', 'EXPONENT_STARTS', 'HUBER_DELTA', 'CURVE', 'Parabola', 'fit_isoflop_parabola',
+           'sparsity_law', 'LawFit', 'fit_sparsity_law', 'isoflop_points', 'isoflop_optima', 'fit_study_law',
+           'isoflop_findings', 'plot_isoflop_curves', 'plot_optima', 'plot_law_fit']
 
 # %% ../nbs/13_scaling.ipynb #31442227
 @dataclass(frozen=True)
@@ -98,3 +99,131 @@ def fit_sparsity_law(N, D, S, loss, holdout=None) -> LawFit:
     fit = LawFit(dict(zip(LAW_PARAMS, map(float, _params(best.x)))), 0.0, None, int(keep.sum()), int((~keep).sum()))
     held = None if keep.all() else _rmse(fit(N[~keep], D[~keep], S[~keep]), loss[~keep])
     return LawFit(fit.params, _rmse(fit(N[keep], D[keep], S[keep]), loss[keep]), held, fit.n_fit, fit.n_held_out)
+
+# %% ../nbs/13_scaling.ipynb #76c53946
+import pandas as pd
+from .config import Preset
+from .params import count_params, variant_config
+
+def isoflop_points(runs: pd.DataFrame, study: Preset, configs: dict) -> pd.DataFrame:
+    "One row per complete run of a variant with a FLOPs budget: budget, S, G, N_total, N_active, tokens, FLOPs, loss."
+    rows = []
+    for r in runs.itertuples():
+        v = study.variant(r.variant)
+        if v.budget != 'flops': continue
+        cfg, c = variant_config(study, r.variant), configs[(r.variant, r.seed)]
+        counts = count_params(cfg)
+        rows.append({'variant': r.variant, 'seed': r.seed, 'budget_flops': v.budget_flops,
+                     'sparsity': (cfg.n_experts - cfg.top_k) / cfg.n_experts if cfg.is_moe else 0.0,
+                     'granularity': v.granularity if cfg.is_moe else 1, 'd_model': cfg.d_model,
+                     'n_total': counts.total_nonembedding, 'n_active': counts.active_nonembedding,
+                     'tokens': c['identity']['steps'] * c['tokens_per_step'], 'train_flops': c['train_flops'],
+                     'loss': r.best_val_loss, 'bpb': r.best_val_bpb})
+    return pd.DataFrame(rows)
+
+CURVE = ['budget_flops', 'sparsity', 'granularity']
+
+def isoflop_optima(points: pd.DataFrame) -> pd.DataFrame:
+    """Per curve (budget, sparsity, granularity) and per `seed` ('mean' over seeds, and each seed of a curve run
+    with several): the parabolas over ln N_total and ln N_active, N*_total, N*_active, L* and whether each optimum
+    lies inside the sizes trained."""
+    rows = []
+    for key, curve in points.groupby(CURVE):
+        fits = {'mean': curve.groupby('variant')[['n_total', 'n_active', 'loss']].mean()}
+        if curve.seed.nunique() > 1: fits.update({s: g.set_index('variant') for s, g in curve.groupby('seed')})
+        for seed, f in fits.items():
+            if len(f) < 3: continue
+            total, active = fit_isoflop_parabola(f.n_total, f.loss), fit_isoflop_parabola(f.n_active, f.loss)
+            rows.append({**dict(zip(CURVE, key)), 'seed': seed, 'sizes': len(f), 'n_total_opt': total.n_opt,
+                         'n_active_opt': active.n_opt, 'loss_opt': total.loss_opt,
+                         'interior': total.interior and active.interior, 'parabola_total': total,
+                         'parabola_active': active})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/13_scaling.ipynb #45ac53aa
+def fit_study_law(points: pd.DataFrame) -> LawFit:
+    "Eq. 6 fitted to the mean loss of each variant, the sparsest variants held out."
+    mean = points.groupby('variant')[['n_total', 'tokens', 'sparsity', 'loss']].mean()
+    return fit_sparsity_law(mean.n_total, mean.tokens, mean.sparsity, mean.loss,
+                            holdout=mean.sparsity == mean.sparsity.max())
+
+def _trend(values: list[float]) -> str:
+    "'rises', 'falls' or 'does not move monotonically' for a sequence in order."
+    d = np.diff(values)
+    return 'rises' if (d > 0).all() else 'falls' if (d < 0).all() else 'does not move monotonically'
+
+def isoflop_findings(optima: pd.DataFrame) -> list[str]:
+    "Sentences on the optima of the mean curves: L*, N*_total and N*_active against sparsity, per budget."
+    out, mean = [], optima[(optima.seed == 'mean') & (optima.granularity == 1)]
+    for budget, o in mean.groupby('budget_flops'):
+        o = o.sort_values('sparsity')
+        edge = ', '.join(f"{s:g}" for s in o.sparsity[~o.interior])
+        out.append(f"At {budget:.3g} FLOPs, as S goes {' → '.join(f'{s:g}' for s in o.sparsity)}: the best loss "
+                   f"{_trend(o.loss_opt.tolist())} ({' → '.join(f'{x:.4f}' for x in o.loss_opt)}), the best total size "
+                   f"{_trend(o.n_total_opt.tolist())} ({' → '.join(f'{x / 1e3:.0f}k' for x in o.n_total_opt)}), and the best "
+                   f"active size {_trend(o.n_active_opt.tolist())} ({' → '.join(f'{x / 1e3:.0f}k' for x in o.n_active_opt)})"
+                   + (f"; the optimum at S = {edge} lies outside the sizes trained (an extrapolation)" if edge else '') + ".")
+    return out
+
+# %% ../nbs/13_scaling.ipynb #cf93e52c
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+def plot_isoflop_curves(points: pd.DataFrame, optima: pd.DataFrame):
+    budgets = sorted(points.budget_flops.unique())
+    if not budgets: return None
+    colours = dict(zip(sorted(points.sparsity.unique()), sns.color_palette('viridis', points.sparsity.nunique())))
+    fig, ax = plt.subplots(2, len(budgets), figsize=(6 * len(budgets), 8), squeeze=False)
+    for j, budget in enumerate(budgets):
+        for i, (size, label) in enumerate((('n_total', 'total'), ('n_active', 'active'))):
+            a = ax[i, j]
+            for S, colour in colours.items():
+                p = points[(points.budget_flops == budget) & (points.sparsity == S) & (points.granularity == 1)]
+                if p.empty: continue
+                first = p.seed == p.seed.min()
+                a.scatter(p[size][first], p.loss[first], color=colour, s=18, label=f"S = {S:g}")
+                a.scatter(p[size][~first], p.loss[~first], facecolors='none', edgecolors=colour, s=18)
+                o = optima[(optima.budget_flops == budget) & (optima.sparsity == S) & (optima.seed == 'mean')
+                           & (optima.granularity == 1)]
+                if o.empty: continue
+                fit = o.iloc[0][f'parabola_{label}']
+                n = np.geomspace(p[size].min() / 1.3, p[size].max() * 1.3, 60)
+                a.plot(n, fit(n), color=colour, lw=1)
+                if fit.convex: a.scatter([fit.n_opt], [fit.loss_opt], marker='*', s=90, color=colour, edgecolors='k', lw=0.5)
+            a.set(xscale='log', xlabel=f"{label} non-embedding parameters", ylabel='best validation loss',
+                  title=f"{budget:.3g} FLOPs")
+        ax[0, j].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+def plot_optima(optima: pd.DataFrame):
+    mean = optima[(optima.seed == 'mean') & (optima.granularity == 1)]
+    if mean.empty: return None
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for budget, o in mean.groupby('budget_flops'):
+        o = o.sort_values('sparsity')
+        for a, column in zip(ax, ('loss_opt', 'n_total_opt', 'n_active_opt')):
+            a.plot(o.sparsity, o[column], marker='o', label=f"{budget:.3g} FLOPs")
+            a.scatter(o.sparsity[~o.interior], o[column][~o.interior], facecolors='none', edgecolors='r', s=120)
+    spread = optima[(optima.seed != 'mean') & (optima.granularity == 1)]
+    for a, column in zip(ax, ('loss_opt', 'n_total_opt', 'n_active_opt')):
+        a.scatter(spread.sparsity, spread[column], marker='x', color='grey', label='single seeds')
+    ax[0].set(xlabel='sparsity S', ylabel='L* (best loss at the budget)')
+    ax[1].set(xlabel='sparsity S', ylabel='N*_total (non-embedding)', yscale='log')
+    ax[2].set(xlabel='sparsity S', ylabel='N*_active (non-embedding)', yscale='log')
+    ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+def plot_law_fit(points: pd.DataFrame, law: LawFit):
+    mean = points.groupby('variant')[['n_total', 'tokens', 'sparsity', 'loss']].mean()
+    pred, held = law(mean.n_total, mean.tokens, mean.sparsity), mean.sparsity == mean.sparsity.max()
+    fig, a = plt.subplots(figsize=(5, 4.5))
+    a.scatter(mean.loss[~held], pred[~held], s=18, label='fitted')
+    a.scatter(mean.loss[held], pred[held], s=30, marker='s', facecolors='none', edgecolors='r', label='held out (sparsest)')
+    lo, hi = mean.loss.min(), mean.loss.max()
+    a.plot([lo, hi], [lo, hi], color='grey', lw=0.8)
+    a.set(xlabel='measured best validation loss', ylabel='eq. 6 prediction')
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

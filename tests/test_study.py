@@ -168,6 +168,30 @@ def test_an_equal_resources_study_end_to_end(tmp_path):
     assert 'Loss against activation rate' in html and 'What the paper found' in html and 'unique data' in html
 
 
+def test_an_isoflop_study_end_to_end(tmp_path):
+    "A small IsoFLOP study: every run spends its budget; curves, optima and the law fit in the report."
+    from moe_study.config import ModelConfig, TrainConfig, get_preset, isoflop_sweep
+    from moe_study.study import run_study
+    study = isoflop_sweep('smoke_iso', "a smoke-sized IsoFLOP study",
+                          ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=2, d_ff=64, context_len=64,
+                                      ffn='moe', n_experts=4, top_k=2, d_expert=32),
+                          get_preset('smoke').data, TrainConfig(batch_size=8, warmup_steps=3, eval_every=40, log_every=10,
+                                                                checkpoint_every=100, sample_tokens=8, threads=1),
+                          (1e10, 2e10), ((4, 2), (8, 2)), (2, 4, 8), match_multiple=4)
+    out = run_study(study, runs=tmp_path / 'runs', reports=tmp_path / 'report', progress=False)
+    assert not out.failed and out.report_error is None, (out.failed, out.report_error)
+    for v in study.variants:
+        c = json.loads((tmp_path / 'runs' / 'smoke_iso' / v.name / 'seed0' / 'config.json').read_text())
+        assert abs(c['train_flops'] / v.budget_flops - 1) <= 0.02, v.name
+        assert c['identity']['budget'] == {'rule': 'flops', 'budget_flops': v.budget_flops}
+    report = tmp_path / 'report' / 'smoke_iso'
+    assert (report / 'isoflop_curves.png').exists() and (report / 'isoflop_optima.png').exists()
+    assert (report / 'isoflop_law.png').exists()
+    html = (report / 'index.html').read_text()
+    assert 'IsoFLOP curves' in html and 'The law (eq. 6)' in html and 'What the paper found' in html
+    assert 'held out' in html and 'N*_active' in html
+
+
 def stories(n):
     from moe_study.stories import synthetic_stories
     return synthetic_stories(3, 60, 'train', 0, n)
