@@ -305,6 +305,10 @@ def study_results(study: Preset | str, root: Path | None = None, failed: list[di
     audit = fairness_audit(load_configs(runs), study) if len(runs) else pd.DataFrame(columns=['check', 'ok', 'values'])
     sequences = load_sequences(runs) if len(runs) else {}
     rates = any(v.activation_rate for v in study.variants) and len(runs)
+    isoflop = {}
+    if any(v.budget == 'flops' for v in study.variants) and len(runs):
+        from moe_study.scaling import isoflop_results        # chapter 13 builds on this one
+        isoflop = isoflop_results(runs, study, load_configs(runs))
     return {'preset': study.name, 'base': study.base, 'overrides': study.overrides,
             'seeds': list(study.seeds), 'design_seeds': list(study.design_seeds), 'design_search': study.design_search,
             'std': 'every ± and std: sample standard deviation over seeds (ddof=1), not a standard error',
@@ -320,7 +324,7 @@ def study_results(study: Preset | str, root: Path | None = None, failed: list[di
                           'gaps': {g.name: study.published_gap(g) for g in study.comparisons
                                    if study.published_gap(g) is not None}},
             'activation_rates': rate_table(runs, study, load_configs(runs)).reset_index().to_dict('records') if rates else [],
-            'fair': bool(audit.ok.all()), 'audit': audit.to_dict('records'),
+            'isoflop': isoflop, 'fair': bool(audit.ok.all()), 'audit': audit.to_dict('records'),
             'incomplete': incomplete, 'failed': failed or []}
 
 # %% ../nbs/10_analysis.ipynb #69927a43
@@ -341,7 +345,7 @@ def plot_loss_curves(metrics: pd.DataFrame, order: list[str] = ()):
     fig, ax = plt.subplots(1, 2, figsize=(12, 4))
     for i, (d, title) in enumerate(((v, 'validation loss'), (v[v.tokens >= v.tokens.max() / 3], 'validation loss, last two thirds'))):
         sns.lineplot(d, x='tokens', y='loss', hue='variant', hue_order=names, errorbar=('pi', 100),
-                     palette=palette(names), ax=ax[i])
+                     palette=palette(names), ax=ax[i], legend=len(names) <= 12)   # more: a legend taller than the plot
         ax[i].set(title=f"{title} (mean over seeds, band: min–max)", ylabel='nats / token')
     fig.tight_layout()
     return fig

@@ -13,7 +13,7 @@ from scipy.special import huber
 # %% auto #0
 __all__ = ['LAW_PARAMS', 'LOG_FITTED', 'EXPONENT_STARTS', 'HUBER_DELTA', 'CURVE', 'Parabola', 'fit_isoflop_parabola',
            'sparsity_law', 'LawFit', 'fit_sparsity_law', 'isoflop_points', 'isoflop_optima', 'fit_study_law',
-           'isoflop_findings', 'plot_isoflop_curves', 'plot_optima', 'plot_law_fit']
+           'isoflop_findings', 'isoflop_results', 'plot_isoflop_curves', 'plot_optima', 'plot_law_fit']
 
 # %% ../nbs/13_scaling.ipynb #31442227
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ def isoflop_optima(points: pd.DataFrame) -> pd.DataFrame:
             if len(f) < 3: continue
             total, active = fit_isoflop_parabola(f.n_total, f.loss), fit_isoflop_parabola(f.n_active, f.loss)
             rows.append({**dict(zip(CURVE, key)), 'seed': seed, 'sizes': len(f), 'n_total_opt': total.n_opt,
+                         'n_total_lo': f.n_total.min(), 'n_total_hi': f.n_total.max(),
                          'n_active_opt': active.n_opt, 'loss_opt': total.loss_opt,
                          'interior': total.interior and active.interior, 'parabola_total': total,
                          'parabola_active': active})
@@ -163,7 +164,38 @@ def isoflop_findings(optima: pd.DataFrame) -> list[str]:
                    f"{_trend(o.n_total_opt.tolist())} ({' → '.join(f'{x / 1e3:.0f}k' for x in o.n_total_opt)}), and the best "
                    f"active size {_trend(o.n_active_opt.tolist())} ({' → '.join(f'{x / 1e3:.0f}k' for x in o.n_active_opt)})"
                    + (f"; the optimum at S = {edge} lies outside the sizes trained (an extrapolation)" if edge else '') + ".")
+        if (o.sparsity == 0).any(): out.append(f"At {budget:.3g} FLOPs, against the dense curve at equal total size: "
+                                               + '; '.join(_against_dense(o)) + ".")
     return out
+
+def _against_dense(o: pd.DataFrame) -> list[str]:
+    "Where each sparse curve crosses the dense one (both parabolas in ln N_total), within the sizes both trained."
+    dense, out = o[o.sparsity == 0].iloc[0].parabola_total, []
+    for r in o[o.sparsity > 0].itertuples():
+        lo, hi = np.log(max(r.n_total_lo, o[o.sparsity == 0].n_total_lo.iloc[0])), np.log(min(r.n_total_hi, o[o.sparsity == 0].n_total_hi.iloc[0]))
+        if lo >= hi: out.append(f"S = {r.sparsity:g} shares no total size with it"); continue
+        diff = np.polysub(r.parabola_total.coef, dense.coef)          # sparse − dense, in x = ln N_total
+        cross = sorted(x.real for x in np.roots(diff) if abs(x.imag) < 1e-12 and lo < x.real < hi)
+        sparse_at_lo = np.polyval(diff, lo) < 0
+        if not cross: out.append(f"S = {r.sparsity:g} is {'below' if sparse_at_lo else 'above'} it at every shared size")
+        else: out.append(f"S = {r.sparsity:g} is {'below' if sparse_at_lo else 'above'} it up to N_total ≈ "
+                         f"{np.exp(cross[0]) / 1e3:.0f}k and {'above' if sparse_at_lo else 'below'} it beyond")
+    return out
+
+# %% ../nbs/13_scaling.ipynb #90497896
+def isoflop_results(runs: pd.DataFrame, study: Preset, configs: dict) -> dict:
+    "The IsoFLOP part of results.json: points, optima, the eq.-6 fit (or why it was not fitted) and the findings."
+    points = isoflop_points(runs, study, configs)
+    if points.empty: return {}
+    optima = isoflop_optima(points)
+    try: law = fit_study_law(points)
+    except ValueError as e: law = str(e)
+    return {'points': points.to_dict('records'),
+            'optima': optima.drop(columns=['parabola_total', 'parabola_active']).astype({'seed': str}).to_dict('records'),
+            'law': law if isinstance(law, str) else {'params': law.params, 'in_sample_rmse': law.in_sample_rmse,
+                                                      'held_out_rmse': law.held_out_rmse, 'n_fit': law.n_fit,
+                                                      'n_held_out': law.n_held_out, 'held_out': 'the highest sparsity'},
+            'findings': isoflop_findings(optima)}
 
 # %% ../nbs/13_scaling.ipynb #cf93e52c
 import matplotlib.pyplot as plt

@@ -136,10 +136,19 @@ def test_a_one_variant_study_renders_without_gaps(tmp_path):
     assert 'declares no comparison' in html and 'nothing to show' in html
 
 
+def render_in_process(study, tmp, seeds):
+    "Train every run in this process (papermill's path is tested above), then render the report."
+    from moe_study.study import render_report
+    from moe_study.trainer import train
+    for v in study.variant_names:
+        for seed in seeds:
+            train(study, v, seed, out_dir=tmp / 'runs' / study.name / v / f'seed{seed}', progress=False)
+    render_report(study, tmp / 'runs', tmp / 'report')
+
+
 def test_an_equal_resources_study_end_to_end(tmp_path):
     "A small strictly-equal-resources study: equal compute, reuse against fresh data, the rate sweep in the report."
-    from moe_study.config import DataConfig, ModelConfig, TrainConfig, equal_resources, get_preset
-    from moe_study.study import run_study
+    from moe_study.config import ModelConfig, TrainConfig, equal_resources, get_preset
     smoke = get_preset('smoke')
     study = equal_resources('smoke_equal', "a smoke-sized equal-resources study",
                             ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=512, context_len=64),
@@ -147,8 +156,7 @@ def test_an_equal_resources_study_end_to_end(tmp_path):
                                                     log_every=3, checkpoint_every=6, sample_tokens=8, threads=1,
                                                     unique_tokens=12 * 8 * 64),
                             (0.3, 0.6), moe={'n_shared_experts': 1, 'renormalize': False}, match_multiple=4)
-    out = run_study(study, seeds=[0, 1], runs=tmp_path / 'runs', reports=tmp_path / 'report', progress=False)
-    assert not out.failed and out.report_error is None, (out.failed, out.report_error)
+    render_in_process(study, tmp_path, seeds=(0, 1))
     configs = {v: json.loads((tmp_path / 'runs' / 'smoke_equal' / v / 'seed0' / 'config.json').read_text())
                for v in study.variant_names}
     dense = configs['dense']
@@ -171,15 +179,13 @@ def test_an_equal_resources_study_end_to_end(tmp_path):
 def test_an_isoflop_study_end_to_end(tmp_path):
     "A small IsoFLOP study: every run spends its budget; curves, optima and the law fit in the report."
     from moe_study.config import ModelConfig, TrainConfig, get_preset, isoflop_sweep
-    from moe_study.study import run_study
     study = isoflop_sweep('smoke_iso', "a smoke-sized IsoFLOP study",
                           ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=2, d_ff=64, context_len=64,
                                       ffn='moe', n_experts=4, top_k=2, d_expert=32),
                           get_preset('smoke').data, TrainConfig(batch_size=8, warmup_steps=3, eval_every=40, log_every=10,
                                                                 checkpoint_every=100, sample_tokens=8, threads=1),
                           (1e10, 2e10), ((4, 2), (8, 2)), (2, 4, 8), match_multiple=4)
-    out = run_study(study, runs=tmp_path / 'runs', reports=tmp_path / 'report', progress=False)
-    assert not out.failed and out.report_error is None, (out.failed, out.report_error)
+    render_in_process(study, tmp_path, seeds=(0,))
     for v in study.variants:
         c = json.loads((tmp_path / 'runs' / 'smoke_iso' / v.name / 'seed0' / 'config.json').read_text())
         assert abs(c['train_flops'] / v.budget_flops - 1) <= 0.02, v.name
