@@ -42,6 +42,20 @@ def test_params_json_gives_the_resources_of_an_equal_resources_study():
     assert rows['moe_r17_fresh']['epochs'] == 1.0
 
 
+def test_params_json_gives_the_axes_and_budget_of_an_isoflop_study():
+    rows = json.loads(cli('params', '--preset', 'isoflop_cpu', '--json').stdout)
+    fields = ('sparsity', 'granularity', 'budget_flops', 'flops_per_token', 'tokens', 'train_flops', 'params_total',
+              'params_active', 'params_total_nonembedding', 'params_active_nonembedding')
+    for r in rows:
+        assert all(r[f] is not None for f in fields if not (f == 'granularity' and r['ffn'] == 'dense')), r
+        assert abs(r['train_flops'] / r['budget_flops'] - 1) <= 0.02, r['variant']
+    assert sorted({r['sparsity'] for r in rows}) == [0.0, 0.5, 0.75, 0.875]
+    assert sorted({r['budget_flops'] for r in rows}) == [1e12, 2e12]
+    for budget in (1e12, 2e12):     # four distinct sizes per curve, from the solver
+        for s in (0.0, 0.5, 0.75, 0.875):
+            assert len({r['d_model'] for r in rows if r['budget_flops'] == budget and r['sparsity'] == s}) == 4
+
+
 def test_params_table_is_readable():
     res = cli('params', '--preset', 'tinystories')
     assert res.returncode == 0, res.stderr
