@@ -1,6 +1,6 @@
 """Faults and bad input, as a hostile user would try them: for each, the exit status, a message that names the
 problem and the fix, and everything written before left intact."""
-import contextlib, errno, hashlib, io, json, os, resource, shutil, signal, subprocess, sys, time, warnings
+import contextlib, hashlib, io, json, os, resource, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
