@@ -127,6 +127,10 @@ class ModelConfig(_Config):
     def is_moe(self) -> bool: return self.ffn == 'moe'
     @property
     def n_moe_layers(self) -> int: return self.n_layers - self.n_dense_layers if self.is_moe else 0
+    @property
+    def sparsity(self) -> float:
+        "S = (E - k) / E, the share of experts a token does not use (Abnar et al.); 0 for a dense model."
+        return (self.n_experts - self.top_k) / self.n_experts if self.is_moe else 0.0
 
     def replace(self, **changes) -> ModelConfig:
         """A copy with `changes` applied, validated again. A resolved field that still equals its source

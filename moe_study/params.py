@@ -265,7 +265,7 @@ def variant_row(preset: Preset | str, variant: str) -> dict:
             'params_total': c.total, 'params_active': c.active,
             'params_embedding': c.embedding, 'params_total_nonembedding': c.total_nonembedding,
             'params_active_nonembedding': c.active_nonembedding, 'activation_rate': round(c.activation_rate, 6),
-            'sparsity': (cfg.n_experts - cfg.top_k) / cfg.n_experts if moe else 0.0,
+            'sparsity': cfg.sparsity,
             'granularity': preset.variant(variant).granularity if moe else None,
             'flops_per_token': flops_per_token(cfg), 'budget': b.rule,
             'budget_flops': preset.variant(variant).budget_flops, 'steps': b.steps, 'tokens': b.tokens,

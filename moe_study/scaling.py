@@ -114,7 +114,7 @@ def isoflop_points(runs: pd.DataFrame, study: Preset, configs: dict) -> pd.DataF
         cfg, c = variant_config(study, r.variant), configs[(r.variant, r.seed)]
         counts = count_params(cfg)
         rows.append({'variant': r.variant, 'seed': r.seed, 'budget_flops': v.budget_flops,
-                     'sparsity': (cfg.n_experts - cfg.top_k) / cfg.n_experts if cfg.is_moe else 0.0,
+                     'sparsity': cfg.sparsity,
                      'granularity': v.granularity if cfg.is_moe else 1, 'd_model': cfg.d_model,
                      'n_total': counts.total_nonembedding, 'n_active': counts.active_nonembedding,
                      'tokens': c['identity']['steps'] * c['tokens_per_step'], 'train_flops': c['train_flops'],
