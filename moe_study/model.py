@@ -147,7 +147,7 @@ class Decoder(nn.Module):
 
     def routing_diagnostics(self) -> list[dict]:
         "Per MoE layer, the routing statistics of the last forward pass (empty for a dense model)."
-        return [moe.last_routing.as_dict() for moe in self.moe_layers()]
+        return [moe.routing_diagnostics() for moe in self.moe_layers()]
 
     @torch.no_grad()
     def update_balance_bias(self) -> None:

@@ -17,15 +17,15 @@ from .config import (MAX_SEED, ConfigError, ModelConfig, Preset, TrainConfig, po
 from .data import BatchSampler, TokenCache, load_data, val_batches
 from .device import autocast, cpu_threads, peak_flops, resolve_device, run_threads
 from .fileio import config_drift, exclusive, naming, write_atomic, write_json_atomic, write_text_atomic
-from .model import Decoder
+from .model import Decoder, DecoderOutput
 from .params import Budget, count_params, flops_per_token, run_budget, variant_config, variant_match
 
 # %% auto #0
 __all__ = ['CHECKPOINT_KEYS', 'TIMING_FIELDS', 'SEQUENCE_FILES', 'LAUNCHER_ENV', 'TrainingError', 'make_optimizer', 'lr_at',
            'evaluate', 'runs_root', 'run_dir', 'git_commit', 'state_digest', 'nonfinite_tensors', 'NonFiniteWeights',
-           'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss', 'train_step', 'RunSpec',
-           'resolve_run', 'run_identity', 'plan_run', 'finished_summary', 'describe_run', 'sample_stories', 'train',
-           'save_sequences', 'read_metrics']
+           'save_checkpoint', 'load_checkpoint', 'truncate_metrics', 'NonFiniteLoss', 'forward_backward', 'train_step',
+           'graph_breaks', 'compile_step', 'RunSpec', 'resolve_run', 'run_identity', 'plan_run', 'finished_summary',
+           'describe_run', 'sample_stories', 'train', 'save_sequences', 'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #dafacdec
 class TrainingError(RuntimeError):
@@ -174,22 +174,45 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 # %% ../nbs/08_trainer.ipynb #b480b8e8
 class NonFiniteLoss(TrainingError): pass
 
+def forward_backward(model: Decoder, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                     dtype: torch.dtype) -> DecoderOutput:
+    """Forward under autocast, the objective and backward: the part of a step that `torch.compile` can take whole.
+    Returns the losses, detached (no logits)."""
+    with autocast(device, dtype):
+        o = model(x, targets=y)
+    o.loss.backward()
+    return DecoderOutput(None, *(t.detach() for t in o[1:]))
+
 def train_step(model: Decoder, step_model, optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
                grad_clip: float, device: torch.device, dtype: torch.dtype):
     """One optimizer step at learning rate `lr`; returns (output, grad norm). A non-finite loss or gradient norm
     raises `NonFiniteLoss` before the optimizer changes anything (one host sync per step checks both)."""
     for g in optimizer.param_groups: g['lr'] = lr
-    with autocast(device, dtype):
-        o = step_model(x, targets=y)
-    o.loss.backward()
+    o = forward_backward(step_model, x, y, device, dtype)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if not bool(torch.isfinite(o.loss.detach()) & torch.isfinite(grad_norm)):
+    if not bool(torch.isfinite(o.loss) & torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLoss(f"the loss is {o.loss.item()} and the gradient norm {grad_norm.item()}")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     model.update_balance_bias()
     return o, grad_norm
+
+# %% ../nbs/08_trainer.ipynb #1c72eda0
+def graph_breaks(model: Decoder, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype) -> int:
+    "The graph breaks `torch.compile` meets in `forward_backward` of `model` on one batch (0: one graph). Leaves no gradients."
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        explained = torch._dynamo.explain(forward_backward)(model, x, y, device, dtype)
+    model.zero_grad(set_to_none=True)
+    return explained.graph_break_count
+
+def compile_step(model: Decoder, device: torch.device, dtype: torch.dtype, backend: str = 'inductor'):
+    "`forward_backward` of `model` compiled as one graph (`fullgraph=True`: a break is an error, not a slowdown)."
+    compiled = torch.compile(forward_backward, fullgraph=True, backend=backend)
+    def step(x, y):
+        with torch._dynamo.config.patch(trace_autograd_ops=True): return compiled(model, x, y, device, dtype)
+    return step
 
 # %% ../nbs/08_trainer.ipynb #221a5fb9
 TIMING_FIELDS = ('tokens_per_s', 'mfu', 'elapsed_s')
