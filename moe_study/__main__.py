@@ -133,11 +133,13 @@ def add_bench_command(sub) -> None:
     p.add_argument('--steps', type=int, default=20, help="timed steps per model (default: 20)")
     p.add_argument('--threads', type=int, default=None,
                    help="CPU threads to measure with (default: those a training run of the preset uses)")
+    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='FIELD=VALUE',
+                   help="measure another shape: change a model.FIELD or train.FIELD of the preset; repeatable")
     p.add_argument('--json', action='store_true', help="print the figures as one JSON object")
     p.set_defaults(run=run_bench)
 
 def run_bench(args) -> int:
-    b = benchmark(args.preset, steps=args.steps, threads=args.threads)
+    b = benchmark(args.preset, steps=args.steps, threads=args.threads, overrides=parse_overrides(args.overrides))
     print(json.dumps(b, indent=2) if args.json else format_benchmark(b))
     return 0
 

@@ -7,25 +7,26 @@ from __future__ import annotations
 import time
 import numpy as np
 import torch
-from .config import ConfigError, Preset, TrainConfig, get_preset, positive_int
+from .config import ConfigError, Preset, TrainConfig, positive_int, study_with
 from .device import cpu_threads, measure_matmul_peak, peak_flops, resolve_device, run_threads
 from .model import Decoder
 from .params import flops_per_token, match_dense
-from .trainer import make_optimizer, train_step
+from .trainer import graph_breaks, make_optimizer, train_step
 
 # %% auto #0
 __all__ = ['benchmark', 'format_benchmark']
 
 # %% ../nbs/09_bench.ipynb #4db475ae
 def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compile: bool | None = None,
-              threads: int | None = None) -> dict:
-    """Step-time ratio of the study's MoE reference over a dense model matched to its active parameters, and
-    fractions of the measured peak, measured in one run. On a CPU
-    with the threads a training run of `preset` computes with (its `threads`), or `threads` when given."""
+              threads: int | None = None, overrides: dict | None = None) -> dict:
+    """Step-time ratio of the study's MoE reference over a dense model matched to its active parameters,
+    fractions of the measured peak and graph breaks, measured in one run; `overrides` change the preset as
+    `study_with` does. On a CPU with the threads a training run of `preset` computes with (its `threads`),
+    or `threads` when given."""
     if not positive_int(steps):
         raise ConfigError(f"steps={steps!r}: must be a positive integer (the timed steps per model)")
     device, _ = resolve_device(TrainConfig())
-    preset = get_preset(preset or ('tinystories' if device.type == 'cuda' else 'cpu'))
+    preset = study_with(preset or ('tinystories' if device.type == 'cuda' else 'cpu'), None, overrides)
     cfg = preset.train if threads is None else preset.train.replace(threads=threads)   # validates `threads`
     with cpu_threads(run_threads(cfg)):
         return _benchmark(preset, cfg, device, steps, warmup, compile)
@@ -46,6 +47,8 @@ def _benchmark(preset: Preset, cfg: TrainConfig, device: torch.device, steps: in
         step_model = torch.compile(model) if compile else model
         batch = torch.randint(0, model.cfg.vocab_size, (cfg.batch_size, seq_len + 1), generator=g).to(device)
         runs[variant] = [model, step_model, make_optimizer(model, cfg), batch, []]
+    breaks = {variant: graph_breaks(model, batch[:, :-1], batch[:, 1:], device, dtype)
+              for variant, (model, _, _, batch, _) in runs.items()}
     def step(variant):
         model, step_model, opt, batch, times = runs[variant]
         if device.type == 'cuda': torch.cuda.synchronize()
@@ -65,7 +68,7 @@ def _benchmark(preset: Preset, cfg: TrainConfig, device: torch.device, steps: in
         step_s = float(np.median(times))
         achieved = flops_per_token(model.cfg) * tokens / step_s
         out[variant] = {'step_s': step_s, 'tokens_per_s': tokens / step_s, 'flops_per_s': achieved,
-                        'peak_fraction': achieved / peak}
+                        'peak_fraction': achieved / peak, 'graph_breaks': breaks[variant]}
     out['moe_over_dense_step'] = out['moe']['step_s'] / out['dense_active']['step_s']
     out['dense_peak_fraction'] = out['dense_active']['peak_fraction']
     out['moe_peak_fraction'] = out['moe']['peak_fraction']
@@ -81,7 +84,8 @@ def format_benchmark(b: dict) -> str:
     for v in ('dense_active', 'moe'):
         r = b[v]
         lines.append(f"{v:<13} {r['step_s'] * 1e3:8.1f} ms/step {r['tokens_per_s']:>10,.0f} tokens/s "
-                     f"{r['flops_per_s'] / 1e9:9.1f} GFLOP/s = {r['peak_fraction']:.0%} of peak")
+                     f"{r['flops_per_s'] / 1e9:9.1f} GFLOP/s = {r['peak_fraction']:.0%} of peak, "
+                     f"{r['graph_breaks']} graph breaks")
     lines.append(f"MoE step / dense step = {b['moe_over_dense_step']:.3f}")
     if 'dense_mfu' in b: lines.append(f"MFU vs datasheet: dense {b['dense_mfu']:.1%}, MoE {b['moe_mfu']:.1%}")
     return '\n'.join(lines)

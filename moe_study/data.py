@@ -4,7 +4,8 @@
 
 # %% ../nbs/03_data.ipynb #b05cf3c5
 from __future__ import annotations
-import functools, hashlib, io, itertools, json, os, re, shutil, time
+import functools, hashlib, io, itertools, json, multiprocessing, os, re, shutil, sys, time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -19,8 +20,9 @@ from .stories import GENERATOR_VERSION, make_world, synthetic_stories
 # %% auto #0
 __all__ = ['CHUNK_DOCS', 'TEXT_SUFFIXES', 'CORPUS_SOURCES', 'EOS_ID', 'CACHE_FORMAT', 'POOL_SEED', 'DataError', 'Corpus',
            'synthetic_corpus', 'read_documents', 'is_validation', 'files_corpus', 'load_tinystories',
-           'tinystories_corpus', 'open_corpus', 'train_tokenizer', 'load_tokenizer', 'cache_key', 'manifest_digest',
-           'verify_cache', 'build_cache', 'TokenCache', 'load_data', 'benchmark_data', 'BatchSampler', 'val_batches']
+           'tinystories_corpus', 'open_corpus', 'train_tokenizer', 'load_tokenizer', 'cache_key', 'build_workers',
+           'manifest_digest', 'verify_cache', 'build_cache', 'TokenCache', 'load_data', 'benchmark_data',
+           'BatchSampler', 'val_batches']
 
 # %% ../nbs/03_data.ipynb #c4a24059
 class DataError(ValueError):
@@ -37,6 +39,11 @@ class Corpus:
     val: Callable[[], Iterator[list[str]]]
     n_docs: dict[str, int | None]     # documents per split, when known up front (for progress bars)
     fingerprint: dict
+    jobs: Callable[[str], Iterator[tuple]] | None = None   # a split as (function, args) that each make one chunk
+
+    def chunk_jobs(self, split: str) -> Iterator:
+        "What a worker needs to make each chunk of `split`: a picklable (function, args), or the documents themselves."
+        return self.jobs(split) if self.jobs is not None else getattr(self, split)()
 
 def _chunked(docs: Iterable[str], size: int = CHUNK_DOCS) -> Iterator[list[str]]:
     it = iter(docs)
@@ -53,13 +60,13 @@ def _capped(chunks: Iterator[list[str]], cap: int | None) -> Iterator[list[str]]
 # %% ../nbs/03_data.ipynb #39e14582
 def synthetic_corpus(cfg: DataConfig) -> Corpus:
     make_world(cfg.corpus_seed, cfg.n_characters)                   # fail early on a bad world size
-    def split(name, n):
-        return lambda: (synthetic_stories(cfg.corpus_seed, cfg.n_characters, name, i, min(CHUNK_DOCS, n - i))
-                        for i in range(0, n, CHUNK_DOCS))
+    n_docs = {'train': cfg.train_docs, 'val': cfg.val_docs}
+    def jobs(name):
+        return ((synthetic_stories, (cfg.corpus_seed, cfg.n_characters, name, i, min(CHUNK_DOCS, n_docs[name] - i)))
+                for i in range(0, n_docs[name], CHUNK_DOCS))
+    split = lambda name: lambda: (make(*args) for make, args in jobs(name))
     return Corpus(f"synthetic stories (seed {cfg.corpus_seed}, {cfg.n_characters} characters)",
-                  split('train', cfg.train_docs), split('val', cfg.val_docs),
-                  {'train': cfg.train_docs, 'val': cfg.val_docs},
-                  {'generator_version': GENERATOR_VERSION})
+                  split('train'), split('val'), n_docs, {'generator_version': GENERATOR_VERSION}, jobs)
 
 # %% ../nbs/03_data.ipynb #c7f08526
 TEXT_SUFFIXES = ('.txt', '.jsonl', '.parquet')
@@ -238,20 +245,48 @@ def _sha256(path: Path) -> str:
         while block := f.read(1 << 24): h.update(block)
     return h.hexdigest()
 
-def _tokenize_split(chunks: Iterator[list[str]], tok, out: Path, desc: str, total: int | None) -> dict:
-    "Encode document chunks into `out` (uint16, EOS after each document); counts and hash."
+_tokenizer, _threads = None, 1          # a build worker's own tokenizer, and the threads it encodes with
+
+def _start_worker(model: bytes, threads: int) -> None:
+    global _tokenizer, _threads
+    _tokenizer, _threads = load_tokenizer(model), threads
+
+def _encode_job(job) -> tuple[bytes, int, int]:
+    "One chunk (made here when `job` is a (function, args) call) as uint16 tokens, EOS after each document; (tokens, docs, bytes)."
+    docs = job[0](*job[1]) if isinstance(job, tuple) else job
+    ids = _tokenizer.encode(docs, num_threads=_threads)
+    arr = np.fromiter(itertools.chain.from_iterable(d + [EOS_ID] for d in ids), dtype=np.uint16,
+                      count=sum(map(len, ids)) + len(ids))
+    return arr.tobytes(), len(docs), sum(len(d.encode('utf-8')) for d in docs)
+
+def build_workers(corpus: Corpus) -> int:
+    """Processes that build a cache: one per core (no more than chunks) for a corpus a worker can make itself;
+    otherwise 1, this process, with SentencePiece's threads on every core."""
+    if corpus.jobs is None: return 1
+    chunks = -(-max(n for n in corpus.n_docs.values()) // CHUNK_DOCS)
+    return max(1, min(os.cpu_count() or 1, chunks))
+
+@contextmanager
+def _encoder(model: bytes, workers: int):
+    "A function from chunk jobs to encoded chunks, in order: in this process, or on a pool of `workers` processes."
+    if workers <= 1:
+        _start_worker(model, os.cpu_count() or 1)
+        yield functools.partial(map, _encode_job)
+        return
+    context = multiprocessing.get_context('fork' if sys.platform == 'linux' else 'spawn')
+    with context.Pool(workers, _start_worker, (model, 1)) as pool:
+        yield functools.partial(pool.imap, _encode_job)
+
+def _tokenize_split(corpus: Corpus, split: str, model: bytes, out: Path, workers: int) -> dict:
+    "Encode a split's chunks into `out` (uint16, EOS after each document), in order; counts and hash."
     h, n_docs, n_tokens, n_bytes = hashlib.sha256(), 0, 0, 0
-    threads = os.cpu_count() or 1
-    with open(out, 'wb') as f, naming(out), tqdm(total=total, desc=desc, unit='doc', mininterval=1.0) as bar:
-        for chunk in chunks:
-            ids = tok.encode(chunk, num_threads=threads)
-            arr = np.fromiter(itertools.chain.from_iterable(d + [EOS_ID] for d in ids), dtype=np.uint16,
-                              count=sum(map(len, ids)) + len(ids))
-            data = arr.tobytes()
+    with (open(out, 'wb') as f, naming(out), _encoder(model, workers) as encode,
+          tqdm(total=corpus.n_docs[split], desc=f"tokenising {split}", unit='doc', mininterval=1.0) as bar):
+        for data, docs, text_bytes in encode(corpus.chunk_jobs(split)):
             f.write(data); h.update(data)
-            n_docs += len(chunk); n_tokens += len(arr); n_bytes += sum(len(d.encode('utf-8')) for d in chunk)
-            bar.update(len(chunk))
-    if n_docs == 0: raise DataError(f"the {desc.split()[-1]} split is empty: the corpus has no documents there")
+            n_docs += docs; n_tokens += len(data) // 2; n_bytes += text_bytes
+            bar.update(docs)
+    if n_docs == 0: raise DataError(f"the {split} split is empty: the corpus has no documents there")
     return {'file': out.name, 'docs': n_docs, 'tokens': n_tokens, 'bytes': n_bytes,
             'bytes_per_token': n_bytes / n_tokens, 'sha256': h.hexdigest()}
 
@@ -280,8 +315,10 @@ def verify_cache(path: Path) -> dict:
         if _sha256(f) != digest: raise DataError(f"token cache file {f} fails its SHA-256 check; {fix}")
     return manifest
 
-def build_cache(cfg: DataConfig, vocab_size: int, root: Path | None = None, rebuild: bool = False) -> Path:
-    "The verified cache folder for (`cfg`, `vocab_size`) under `root`, built if absent (or if `rebuild`)."
+def build_cache(cfg: DataConfig, vocab_size: int, root: Path | None = None, rebuild: bool = False,
+                workers: int | None = None) -> Path:
+    """The verified cache folder for (`cfg`, `vocab_size`) under `root`, built if absent (or if `rebuild`) by
+    `workers` processes (default: `build_workers`)."""
     root = Path(root) if root is not None else cache_root()
     corpus = open_corpus(cfg)
     key = cache_key(cfg, vocab_size, corpus.fingerprint)
@@ -297,9 +334,8 @@ def build_cache(cfg: DataConfig, vocab_size: int, root: Path | None = None, rebu
         sample = itertools.islice(itertools.chain.from_iterable(corpus.train()), cfg.tokenizer_docs)
         model = train_tokenizer(sample, vocab_size)
         (scratch / 'tokenizer.model').write_bytes(model)
-        tok = load_tokenizer(model)
-        splits = {s: _tokenize_split(getattr(corpus, s)(), tok, scratch / f'{s}.bin', f"tokenising {s}", corpus.n_docs[s])
-                  for s in ('train', 'val')}
+        workers = build_workers(corpus) if workers is None else workers
+        splits = {s: _tokenize_split(corpus, s, model, scratch / f'{s}.bin', workers) for s in ('train', 'val')}
         manifest = {
             'format': CACHE_FORMAT, 'key': key, 'source': corpus.description, 'data': cfg.to_dict(),
             'fingerprint': corpus.fingerprint, 'vocab_size': vocab_size, 'eos_id': EOS_ID,
