@@ -14,10 +14,11 @@ __all__ = ['FFN_KINDS', 'BALANCING_MODES', 'positive_int', 'optional_positive_in
            'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS', 'EQUAL_MOE', 'EQUAL_RATES', 'EQUAL_CPU_TRAIN', 'ISOFLOP',
            'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY', 'SEED_STUDY_SOURCE', 'DENSE_VS_MOE', 'MATCHED',
            'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN', 'CPU_DESIGN_SEARCH', 'ABLATIONS', 'ISOFLOP_REFERENCE',
-           'ISOFLOP_CPU_TRAIN', 'ISOFLOP_EXPERTS', 'ISOFLOP_RATIOS', 'PRESETS', 'OVERRIDE_SECTIONS', 'ConfigError',
-           'Checks', 'valid_seed', 'check_seeds', 'ModelConfig', 'config_from_dict', 'DataConfig', 'TrainConfig',
-           'upgrade_identity', 'project_root', 'cache_root', 'Variant', 'Comparison', 'Preset', 'equal_resources',
-           'isoflop_sweep', 'dense_vs_moe', 'preset_to_dict', 'preset_from_dict', 'get_preset', 'study_with']
+           'ISOFLOP_CPU_TRAIN', 'ISOFLOP_EXPERTS', 'ISOFLOP_RATIOS', 'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN',
+           'STORIES_GPU_DATA', 'PRESETS', 'OVERRIDE_SECTIONS', 'ConfigError', 'Checks', 'valid_seed', 'check_seeds',
+           'ModelConfig', 'config_from_dict', 'DataConfig', 'TrainConfig', 'upgrade_identity', 'project_root',
+           'cache_root', 'Variant', 'Comparison', 'Preset', 'equal_resources', 'isoflop_sweep', 'dense_vs_moe',
+           'preset_to_dict', 'preset_from_dict', 'get_preset', 'study_with']
 
 # %% ../nbs/00_config.ipynb #e40410b7
 class ConfigError(ValueError):
@@ -500,6 +501,12 @@ ISOFLOP_CPU_TRAIN = TrainConfig(batch_size=32, lr=5e-3, warmup_steps=30, eval_ev
 ISOFLOP_EXPERTS = ((4, 2), (8, 2), (16, 2))         # S = 0.5, 0.75, 0.875, beside the dense model (S = 0)
 ISOFLOP_RATIOS = (8, 20, 50, 125)                   # tokens per active parameter: 2.5 times apart, around ~20
 
+SEED_STUDY_MODEL = ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=688, context_len=512,
+                               ffn='moe', n_experts=4, top_k=2, d_expert=688)
+SEED_STUDY_TRAIN = TrainConfig(batch_size=64, epochs=1.0, lr=2e-3, warmup_steps=500, eval_every=1000, log_every=50,
+                               checkpoint_every=1000, compile=True)
+STORIES_GPU_DATA = DataConfig(train_docs=2_000_000, val_docs=10_000, n_characters=500, tokenizer_docs=200_000)
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     dense_vs_moe('smoke', "tests: a two-layer toy that trains in seconds",
                  ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=176, context_len=64,
@@ -548,11 +555,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                               checkpoint_every=500, compile=True),
                   (1e16, 3e16), ISOFLOP_EXPERTS, ISOFLOP_RATIOS, noise_budget=0, seeds=(0,), match_multiple=8),
     dense_vs_moe('tinystories', "the seed study's regime: TinyStories, one GPU, ~20M parameters stored",
-                 ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=688, context_len=512,
-                             ffn='moe', n_experts=4, top_k=2, d_expert=688),
-                 DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
-                 TrainConfig(batch_size=64, epochs=1.0, lr=2e-3, warmup_steps=500, eval_every=1000, log_every=50,
-                             checkpoint_every=1000, compile=True)),
+                 SEED_STUDY_MODEL, DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
+                 SEED_STUDY_TRAIN),
+    dense_vs_moe('stories_gpu', "the seed study's model and recipe on one GPU with no download: 2M generated stories "
+                 "(TinyStories' size), ~20M parameters stored, bf16, torch.compile, fused AdamW",
+                 SEED_STUDY_MODEL, STORIES_GPU_DATA, SEED_STUDY_TRAIN),
 )}
 
 # %% ../nbs/00_config.ipynb #bc82e434

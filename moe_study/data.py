@@ -5,6 +5,9 @@
 # %% ../nbs/03_data.ipynb #b05cf3c5
 from __future__ import annotations
 import functools, hashlib, io, itertools, json, multiprocessing, os, re, shutil, sys, time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +269,14 @@ def build_workers(corpus: Corpus) -> int:
     chunks = -(-max(n for n in corpus.n_docs.values()) // CHUNK_DOCS)
     return max(1, min(os.cpu_count() or 1, chunks))
 
+def _in_order(pool: ProcessPoolExecutor, jobs: Iterator, ahead: int) -> Iterator[tuple[bytes, int, int]]:
+    "The encoded chunks of `jobs`, in order, with at most `ahead` of them in flight (memory stays bounded)."
+    pending = deque()
+    for job in jobs:
+        pending.append(pool.submit(_encode_job, job))
+        if len(pending) >= ahead: yield pending.popleft().result()
+    while pending: yield pending.popleft().result()
+
 @contextmanager
 def _encoder(model: bytes, workers: int):
     "A function from chunk jobs to encoded chunks, in order: in this process, or on a pool of `workers` processes."
@@ -274,8 +285,11 @@ def _encoder(model: bytes, workers: int):
         yield functools.partial(map, _encode_job)
         return
     context = multiprocessing.get_context('fork' if sys.platform == 'linux' else 'spawn')
-    with context.Pool(workers, _start_worker, (model, 1)) as pool:
-        yield functools.partial(pool.imap, _encode_job)
+    with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(model, 1)) as pool:
+        try: yield lambda jobs: _in_order(pool, jobs, 2 * workers)
+        except BrokenProcessPool:
+            raise DataError(f"a worker process building the token cache died (out of memory, or killed); nothing was "
+                            "written to the cache: run the command again") from None
 
 def _tokenize_split(corpus: Corpus, split: str, model: bytes, out: Path, workers: int) -> dict:
     "Encode a split's chunks into `out` (uint16, EOS after each document), in order; counts and hash."

@@ -76,7 +76,7 @@ def test_set_model_field_changes_the_reference_and_rederives_the_baselines():
 
 
 @pytest.mark.parametrize('args, message', [
-    (('params', '--preset', 'gpu'), "unknown preset 'gpu'; valid presets: smoke, cpu, ablations_cpu, equal_cpu, equal_gpu, isoflop_cpu, isoflop_gpu, tinystories"),
+    (('params', '--preset', 'gpu'), "unknown preset 'gpu'; valid presets: smoke, cpu, ablations_cpu, equal_cpu, equal_gpu, isoflop_cpu, isoflop_gpu, tinystories, stories_gpu"),
     (('params', '--variants', 'dense'), "unknown variant 'dense' in study 'cpu'; valid variants: moe, dense_active, dense_total"),
     (('params', '--set', 'model.d_modle=32'), "unknown ModelConfig field(s) ['d_modle']"),
     (('params', '--set', 'optim.lr=1'), "name a field as model.FIELD, data.FIELD or train.FIELD"),

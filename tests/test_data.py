@@ -200,3 +200,31 @@ def test_tinystories_without_network_or_copy_says_how_to_fix(tmp_path):
     res = cli('data', '--preset', 'tinystories', root=tmp_path)
     assert res.returncode == 2
     assert 'could not load TinyStories' in res.stderr and 'DataConfig.path' in res.stderr
+
+
+# --- building in parallel ------------------------------------------------------------------------------
+
+def test_stories_gpu_builds_its_data_on_every_core_at_small_scale(tmp_path):
+    """The paper-scale preset's corpus, 250 times smaller: generated and tokenised by a pool of workers, with the
+    preset's vocabulary and world; the same bytes as a build in one process."""
+    sets = ['--set', 'data.train_docs=8000', '--set', 'data.val_docs=400', '--set', 'data.tokenizer_docs=8000']
+    res = cli('data', '--preset', 'stories_gpu', *sets, '--json', root=tmp_path)
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads(res.stdout)
+    assert manifest['vocab_size'] == 4096 and manifest['data']['n_characters'] == 500
+    assert manifest['splits']['train']['docs'] == 8000 and manifest['splits']['val']['docs'] == 400
+    cfg = DataConfig(**manifest['data'])
+    assert data_mod.build_workers(data_mod.open_corpus(cfg)) == min(os.cpu_count(), 4)     # 4 chunks of train
+    serial = json.loads((build_cache(cfg, 4096, tmp_path / 'serial', workers=1) / 'manifest.json').read_text())
+    assert serial['data_sha256'] == manifest['data_sha256']
+
+
+def _die(job): os._exit(3)
+
+
+def test_a_build_worker_that_dies_fails_the_build_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, '_encode_job', _die)            # forked workers inherit it
+    cfg = DataConfig(train_docs=6000, val_docs=300, n_characters=50, tokenizer_docs=1000)
+    with pytest.raises(DataError, match='worker process building the token cache died'):
+        build_cache(cfg, VOCAB, tmp_path, workers=2)
+    assert list(tmp_path.iterdir()) == []
