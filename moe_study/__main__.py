@@ -20,7 +20,8 @@ from .study import run_study
 # %% auto #0
 __all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'study_from_args', 'add_params_command', 'run_params',
            'add_data_command', 'format_manifest', 'run_data', 'add_train_command', 'run_train', 'add_bench_command',
-           'run_bench', 'add_study_command', 'run_study_command', 'build_parser', 'main']
+           'run_bench', 'add_study_command', 'run_study_command', 'add_export_command', 'run_export', 'build_parser',
+           'main']
 
 # %% ../nbs/12_cli.ipynb #9bcab05b
 def add_preset_argument(p, default: str | None = 'cpu', changes: bool = True) -> None:
@@ -169,8 +170,25 @@ def run_study_command(args) -> int:
     for r in outcome.failed: print(f"FAILED {r.variant} seed {r.seed}: {r.error} (see {r.path}/train.ipynb)", file=sys.stderr)
     return 1 if outcome.failed or outcome.report_error else 0
 
+# %% ../nbs/12_cli.ipynb #d53cf26f
+def add_export_command(sub) -> None:
+    p = sub.add_parser('export', help="write a run as a transformers model folder (Llama or Mixtral, safetensors, tokenizer)",
+                       description="Write the run in RUN_DIR (its last checkpoint) as a transformers model folder OUT_DIR: "
+                                   "LlamaForCausalLM for a dense run, MixtralForCausalLM for an MoE run, with its tokenizer "
+                                   "and generation config. Needs moe_study[hf].")
+    p.add_argument('run_dir', type=Path, metavar='RUN_DIR', help="a run directory, runs/<study>/<variant>/seed<k>")
+    p.add_argument('out_dir', type=Path, metavar='OUT_DIR', help="the folder to write (must not exist)")
+    p.set_defaults(run=run_export)
+
+def run_export(args) -> int:
+    from .export import export_run
+    out = export_run(args.run_dir, args.out_dir)
+    print(f"{out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
 # %% ../nbs/12_cli.ipynb #ad2003e1
-COMMANDS = (add_params_command, add_data_command, add_train_command, add_bench_command, add_study_command)
+COMMANDS = (add_params_command, add_data_command, add_train_command, add_bench_command, add_study_command,
+            add_export_command)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m moe_study',
