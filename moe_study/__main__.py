@@ -5,6 +5,7 @@
 # %% ../nbs/12_cli.ipynb #1c594cf2
 from __future__ import annotations
 import argparse
+import os
 import json
 import signal
 import sys
@@ -120,6 +121,7 @@ def run_train(args) -> int:
     study = study_from_args(args)
     out = run_dir(study.name, args.variant, args.seed, args.runs_dir)
     summary = train(study, args.variant, args.seed, out_dir=out, progress=not args.quiet, until=args.until)
+    if int(os.environ.get('RANK', '0')) > 0: return 0          # under torchrun, rank 0 reports
     if summary is None: print(f"stopped after step {args.until}; checkpoint in {out}")
     else: print(f"{out}: best val loss {summary['best_val_loss']:.4f} ({summary['best_val_bpb']:.4f} bits/byte) "
                 f"at step {summary['best_step']}, {summary['tokens']:,} tokens, {summary['wall_time_s']:.0f} s")

@@ -4,13 +4,16 @@
 
 # %% ../nbs/07_device.ipynb #0ae6e46a
 from __future__ import annotations
-import time
+import os, time
 from contextlib import contextmanager, nullcontext
+from typing import NamedTuple
 import torch
+import torch.distributed as dist
 from .config import ConfigError, TrainConfig
 
 # %% auto #0
-__all__ = ['GPU_PEAK_FLOPS', 'resolve_device', 'autocast', 'run_threads', 'cpu_threads', 'measure_matmul_peak', 'peak_flops']
+__all__ = ['GPU_PEAK_FLOPS', 'resolve_device', 'autocast', 'run_threads', 'cpu_threads', 'measure_matmul_peak', 'peak_flops',
+           'World', 'world', 'process_group']
 
 # %% ../nbs/07_device.ipynb #fb978664
 GPU_PEAK_FLOPS = {'H100': {'bf16': 989e12, 'fp32': 495e12}, 'H200': {'bf16': 989e12, 'fp32': 495e12},
@@ -59,3 +62,25 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
         for key, peaks in GPU_PEAK_FLOPS.items():
             if key in name: return peaks['bf16' if dtype == torch.bfloat16 else 'fp32'], f"datasheet ({name})"
     return measure_matmul_peak(device, dtype, n=2048 if device.type == 'cuda' else 1024), "measured (matmul)"
+
+# %% ../nbs/07_device.ipynb #64abe3f6
+class World(NamedTuple):
+    "Where this process stands among a run's data-parallel processes."
+    rank: int = 0
+    size: int = 1
+    @property
+    def main(self) -> bool: return self.rank == 0      # the one that writes the run directory
+
+def world() -> World:
+    "This process's rank and the number of processes in its group (0 of 1 without torchrun)."
+    return World(dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else World()
+
+@contextmanager
+def process_group(device: torch.device):
+    "Inside the block, the process group torchrun described (`WORLD_SIZE` > 1): NCCL on CUDA, gloo on a CPU."
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or (dist.is_available() and dist.is_initialized()):
+        yield world(); return
+    if device.type == 'cuda': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    try: yield world()
+    finally: dist.destroy_process_group()

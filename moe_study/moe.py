@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 import torch.nn.functional as F
 from .config import ModelConfig
@@ -14,8 +16,8 @@ from .config import ModelConfig
 # %% auto #0
 __all__ = ['EXPERT_IMPLS', 'FFN_BLOCKS', 'swiglu', 'RouterLosses', 'SwiGLU', 'Routing', 'route', 'expert_counts',
            'sort_by_expert', 'expert_capacity', 'grouped_linear', 'grouped_linear_backward', 'compute_dtype',
-           'grouped_mm_runs', 'Experts', 'expert_load', 'load_balance_loss', 'router_z_loss', 'sign_rule_update',
-           'RoutingStats', 'routing_stats', 'MoE', 'router_objective', 'build_ffn']
+           'grouped_mm_runs', 'Experts', 'expert_load', 'rank_mean', 'load_balance_loss', 'router_z_loss',
+           'sign_rule_update', 'RoutingStats', 'routing_stats', 'MoE', 'router_objective', 'build_ffn']
 
 # %% ../nbs/04_moe.ipynb #ebbe3b17
 def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
@@ -164,10 +166,18 @@ def expert_load(expert_idx: torch.Tensor, n_experts: int) -> torch.Tensor:
     "f_i: the fraction of all T·k assignments that went to expert i (sums to 1)."
     return expert_counts(expert_idx, n_experts).float() / expert_idx.numel()
 
-def load_balance_loss(probs: torch.Tensor, expert_idx: torch.Tensor) -> torch.Tensor:
-    "Switch load-balance loss E · Σ_i f_i · P_i: 1.0 when balanced, E when top-1 routing collapses on one expert."
+def rank_mean(t: torch.Tensor) -> torch.Tensor:
+    "The mean of `t` over data-parallel ranks, with gradients flowing back to every rank's share; `t` in one process."
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return t
+    return funcol.all_reduce(t, 'sum', dist.group.WORLD) / dist.get_world_size()      # autograd: the sum of gradients
+
+def load_balance_loss(probs: torch.Tensor, expert_idx: torch.Tensor, global_batch: bool = False) -> torch.Tensor:
+    """Switch load-balance loss E · Σ_i f_i · P_i: 1.0 when balanced, E when top-1 routing collapses on one expert.
+    With `global_batch`, f and P are those of the whole batch split over data-parallel ranks."""
     n_experts = probs.shape[-1]
-    return n_experts * (expert_load(expert_idx, n_experts) * probs.mean(0)).sum()
+    f, P = expert_load(expert_idx, n_experts), probs.mean(0)
+    if global_batch: f, P = rank_mean(f), rank_mean(P)
+    return n_experts * (f * P).sum()
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     "ST-MoE z-loss: the mean over tokens of logsumexp(logits)²."
@@ -255,7 +265,7 @@ class MoE(nn.Module):
         y = y_sorted.new_zeros(x.shape[0], shape[-1]).index_add_(0, token, y_sorted)
         if self.shared_experts is not None: y = y + self.shared_experts(x)[0]
 
-        losses = RouterLosses(load_balance_loss(r.probs, r.expert_idx), router_z_loss(r.logits))
+        losses = RouterLosses(load_balance_loss(r.probs, r.expert_idx, global_batch=self.training), router_z_loss(r.logits))
         with torch.no_grad():
             self.routing_state.copy_(routing_stats(r, counts, *losses).pack())
             if self.training and self.balancing == 'aux_free':

@@ -5,17 +5,19 @@
 # %% ../nbs/08_trainer.ipynb #3332dcfa
 from __future__ import annotations
 import hashlib, json, math, os, platform, subprocess, time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 import moe_study
 from .config import (MAX_SEED, ConfigError, ModelConfig, Preset, TrainConfig, positive_int, project_root,
                               study_with, upgrade_identity, valid_seed)
 from .data import BatchSampler, TokenCache, load_data, val_batches
-from .device import autocast, cpu_threads, peak_flops, resolve_device, run_threads
+from .device import World, autocast, cpu_threads, peak_flops, process_group, resolve_device, run_threads, world
 from .fileio import config_drift, exclusive, naming, write_atomic, write_json_atomic, write_text_atomic
 from .model import Decoder, DecoderOutput
 from .params import Budget, count_params, flops_per_token, run_budget, variant_config, variant_match
@@ -195,6 +197,8 @@ def train_step(model: Decoder, step_model, optimizer, x: torch.Tensor, y: torch.
         raise NonFiniteLoss(f"the loss is {o.loss.item()} and the gradient norm {grad_norm.item()}")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if world().size > 1:                              # every rank moves its bias by the counts of the global batch
+        for moe in model.moe_layers(): dist.all_reduce(moe.pending_counts)
     model.update_balance_bias()
     return o, grad_norm
 
@@ -317,9 +321,16 @@ def train(preset: Preset | str, variant: str, seed: int = 0, *, data: str | None
     if until is not None and not positive_int(until):
         raise ConfigError(f"until={until!r}: must be a step >= 1 (the run stops after that step's checkpoint)")
     out = Path(out_dir) if out_dir is not None else run_dir(spec.preset.name, variant, seed)
-    data = load_data(spec.preset)           # a bad corpus is refused before the run directory exists
-    with cpu_threads(run_threads(spec.train)), exclusive(out, 'this run'):     # one writer per run directory
-        return _train(spec, data, out, progress, until)
+    with process_group(resolve_device(spec.train)[0]) as w:     # several processes under torchrun, else one
+        if spec.train.batch_size % w.size:
+            raise ConfigError(f"batch_size={spec.train.batch_size} does not split over {w.size} processes; use a "
+                              f"multiple of {w.size}, or another number of processes")
+        if not w.main: dist.barrier()                          # rank 0 builds the token cache, the others wait
+        data = load_data(spec.preset)           # a bad corpus is refused before the run directory exists
+        if w.main and w.size > 1: dist.barrier()
+        writer = exclusive(out, 'this run') if w.main else nullcontext()        # one writer per run directory
+        with cpu_threads(run_threads(spec.train)), writer:
+            return _train(spec, data, out, progress and w.main, until, w)
 
 def _resume(ckpt_path: Path, out: Path, identity: dict, model, optimizer, device) -> tuple[int, dict | None, float]:
     "Load the checkpoint into `model` and `optimizer` after checking its identity; (step, best, elapsed)."
@@ -368,7 +379,9 @@ def _kept(ckpt_step: int | None, ckpt_path: Path) -> str:
     if ckpt_step is None: return "no checkpoint was written, so a rerun starts from step 0"
     return f"the checkpoint of step {ckpt_step} ({ckpt_path}) is kept and finite"
 
-def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: int | None) -> dict | None:
+def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: int | None,
+           w: World = World()) -> dict | None:
+    "The training loop of `train`; under torchrun each rank runs it, on its slice of every batch, and rank 0 writes."
     cfg = spec.train
     device, dtype = resolve_device(cfg)
     seq_len, sampler, budget, identity = plan_run(spec, data)
@@ -385,28 +398,36 @@ def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: in
     if ckpt_path.exists():
         start, best, elapsed = _resume(ckpt_path, out, identity, model, optimizer, device)
         ckpt_step = start
-        truncate_metrics(metrics_path, start)
-    elif metrics_path.exists():
+        if w.main: truncate_metrics(metrics_path, start)
+    elif metrics_path.exists() and w.main:
         metrics_path.unlink()                                  # a run that never checkpointed starts over
     peak = peak_flops(device, dtype)
-    write_json_atomic(out / 'config.json', describe_run(spec, data, identity, budget, device, dtype, peak))
-    step_model = torch.compile(model) if cfg.compile else model
+    if w.main:
+        write_json_atomic(out / 'config.json', {**describe_run(spec, data, identity, budget, device, dtype, peak),
+                                                'world_size': w.size})
+    # data parallel: gradients averaged over ranks; buffers stay per rank (the aux-free counts are summed in train_step)
+    parallel = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if w.size > 1 else model
+    step_model = torch.compile(parallel) if cfg.compile else parallel
     flops_tok, tokens_step = flops_per_token(spec.model), cfg.batch_size * seq_len
+    rows = slice(w.rank * cfg.batch_size // w.size, (w.rank + 1) * cfg.batch_size // w.size)   # this rank's slice
 
     model.train()
     bar = tqdm(total=steps, initial=start, desc=f"{spec.preset.name}/{spec.variant}/seed{spec.seed}", unit='step',
                disable=not progress, mininterval=1.0)
     t_last, step_last, run_start = time.perf_counter(), start, time.perf_counter() - elapsed
-    with open(metrics_path, 'a') as log, naming(metrics_path), bar:
-        def record(rec: dict) -> None: log.write(json.dumps(rec) + '\n'); log.flush()
+    log = open(metrics_path, 'a') if w.main else nullcontext()
+    with log, naming(metrics_path), bar:
+        def record(rec: dict) -> None:
+            if w.main: log.write(json.dumps(rec) + '\n'); log.flush()
 
         def validate(step: int) -> None:
-            "Evaluate and record; keep the per-sequence losses of a new best and of the final evaluation."
+            "Evaluate (every rank, the same weights) and record; keep the per-sequence losses of a new best and the final."
             nonlocal best
             rec, sequences = _val_record(model, data, spec, seq_len, step, device, dtype)
             record(rec)
-            if best is None or rec['loss'] < best['loss']: save_sequences(out / SEQUENCE_FILES['best'], sequences, step)
-            if step == steps: save_sequences(out / SEQUENCE_FILES['final'], sequences, step)
+            if w.main and (best is None or rec['loss'] < best['loss']):
+                save_sequences(out / SEQUENCE_FILES['best'], sequences, step)
+            if w.main and step == steps: save_sequences(out / SEQUENCE_FILES['final'], sequences, step)
             best = _better(best, rec)
 
         if start == 0: validate(0)
@@ -415,7 +436,7 @@ def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: in
                 raise TrainingError(f"the study that launched {out} has exited; stopped at step {step}, and "
                                     f"{_kept(ckpt_step, ckpt_path)}; running the study again resumes it")
             lr = lr_at(step, cfg, steps)
-            x, y = (t.to(device, non_blocking=True) for t in sampler.batch(step))
+            x, y = (t[rows].to(device, non_blocking=True) for t in sampler.batch(step))
             try:
                 o, grad_norm = train_step(model, step_model, optimizer, x, y, lr, cfg.grad_clip, device, dtype)
             except NonFiniteLoss as e:
@@ -427,24 +448,26 @@ def _train(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: in
                 now = time.perf_counter()
                 tps = (done - step_last) * tokens_step / (now - t_last)
                 t_last, step_last = now, done
-                rec = {'step': done, 'tokens': done * tokens_step, 'split': 'train', 'loss': o.ce_loss.item(),
-                       'lb_loss': o.lb_loss.item(), 'z_loss': o.z_loss.item(), 'lr': lr,
-                       'grad_norm': grad_norm.item(), 'tokens_per_s': tps, 'mfu': tps * flops_tok / peak[0],
-                       'elapsed_s': now - run_start}
-                routing = model.routing_diagnostics()
+                losses = torch.stack([o.ce_loss, o.lb_loss, o.z_loss]).float()
+                if w.size > 1: dist.all_reduce(losses); losses /= w.size           # the global batch's mean
+                ce, lb, z = losses.tolist()
+                rec = {'step': done, 'tokens': done * tokens_step, 'split': 'train', 'loss': ce, 'lb_loss': lb,
+                       'z_loss': z, 'lr': lr, 'grad_norm': grad_norm.item(), 'tokens_per_s': tps,
+                       'mfu': tps * flops_tok / peak[0] / w.size, 'elapsed_s': now - run_start}
+                routing = model.routing_diagnostics()                            # rank 0's slice
                 if routing: rec['routing'] = routing
                 record(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
             if done % cfg.eval_every == 0 or done == steps:          # a val record
                 validate(done)
-            if done % cfg.checkpoint_every == 0 or done in (steps, until):
+            if (done % cfg.checkpoint_every == 0 or done in (steps, until)) and w.main:
                 try: save_checkpoint(ckpt_path, model, optimizer, done, best, time.perf_counter() - run_start, identity)
                 except NonFiniteWeights as e:
                     raise TrainingError(f"{e} in {out}; {_kept(ckpt_step, ckpt_path)}. This recipe diverges: lower "
                                         "the learning rate or raise warmup_steps") from None
                 ckpt_step = done
             bar.update(1)
-    if until is not None and until < steps: return None
+    if (until is not None and until < steps) or not w.main: return None
 
     final = read_metrics(out)[-1]
     summary = {'status': 'complete', 'preset': spec.preset.name, 'variant': spec.variant, 'seed': spec.seed,
