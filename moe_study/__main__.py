@@ -16,7 +16,7 @@ from .data import DataError, benchmark_data, load_data
 from .fileio import Busy, os_error_message
 from .bench import benchmark, format_benchmark
 from .trainer import TrainingError, run_dir, train
-from .study import run_study
+from .study import LAUNCHERS, Launcher, run_study
 
 # %% auto #0
 __all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'study_from_args', 'add_params_command', 'run_params',
@@ -157,12 +157,24 @@ def add_study_command(sub) -> None:
     p.add_argument('--runs-dir', type=Path, default=None, help="where run directories go (default: runs/)")
     p.add_argument('--report-dir', type=Path, default=None, help="where reports go (default: report/)")
     p.add_argument('--jobs', type=int, default=None,
-                   help="runs executed at once (default: one per `threads` cores the preset gives a run, else 1)")
+                   help="runs executed at once (default: one per `threads` cores the preset gives a run, else 1; "
+                        "with --launcher slurm, all)")
+    p.add_argument('--launcher', choices=LAUNCHERS, default='local',
+                   help="where runs execute: processes of this machine (local), submitit's local executor "
+                        "(submitit-local), or Slurm jobs through submitit (slurm); needs moe_study[cluster] but for local")
+    g = p.add_argument_group('Slurm jobs (--launcher slurm)')
+    g.add_argument('--partition', default=None, help="the partition to submit to")
+    g.add_argument('--account', default=None, help="the account charged")
+    g.add_argument('--gpus', type=int, default=1, help="GPUs per job (default: 1)")
+    g.add_argument('--cpus', type=int, default=None, help="CPUs per job (default: the cluster's)")
+    g.add_argument('--time', type=int, default=240, dest='time_min', metavar='MINUTES',
+                   help="time limit per job (default: 240); a run that needs longer is requeued and resumes")
     p.set_defaults(run=run_study_command)
 
 def run_study_command(args) -> int:
     study = study_from_args(args)
-    outcome = run_study(study, args.variants, args.seeds, args.runs_dir, args.report_dir, jobs=args.jobs)
+    launcher = Launcher(args.launcher, args.partition, args.gpus, args.cpus, args.time_min, args.account)
+    outcome = run_study(study, args.variants, args.seeds, args.runs_dir, args.report_dir, jobs=args.jobs, launcher=launcher)
     done = sum(r.status == 'complete' for r in outcome.runs)
     print(f"{len(outcome.executed)} run(s) executed, {done} already complete, {len(outcome.failed)} failed")
     if outcome.report_error:

@@ -20,9 +20,10 @@ from .device import run_threads
 from .trainer import LAUNCHER_ENV, TrainingError, finished_summary, plan_run, resolve_run, run_dir, runs_root
 
 # %% auto #0
-__all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'notebook', 'write_study', 'study_argument', 'RunFailed', 'Processes',
-           'execute_run', 'check_parameters', 'RunOutcome', 'Interrupted', 'default_jobs', 'sweep', 'report_root',
-           'ReportRefused', 'render_report', 'StudyOutcome', 'run_study']
+__all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'LAUNCHERS', 'notebook', 'write_study', 'study_argument', 'RunFailed',
+           'Processes', 'execute_run', 'check_parameters', 'RunOutcome', 'Interrupted', 'default_jobs', 'sweep',
+           'report_root', 'ReportRefused', 'render_report', 'TrainJob', 'Jobs', 'slurm_parameters', 'Launcher',
+           'StudyOutcome', 'run_study']
 
 # %% ../nbs/11_study.ipynb #2960596f
 def notebook(name: str) -> Path: return project_root() / 'nbs' / name
@@ -132,12 +133,13 @@ def _finished(study: Preset, run: tuple[str, int], path: Path, data) -> RunOutco
     except TrainingError as e: return RunOutcome(*run, str(path), 'failed', str(e))
 
 def sweep(study: Preset, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
-          execute=execute_run, jobs: int | None = None) -> list[RunOutcome]:
+          execute=execute_run, jobs: int | None = None, running=None) -> list[RunOutcome]:
     """Run every variant × seed of `study` (default: all it declares, each with its own seeds or else the study's)
     that is not complete, `jobs` at a time (None: `default_jobs`), the costliest first (training FLOPs, else FLOPs
     per token) so the last to finish are the short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
     the variants, the seeds (a repeated one runs once), the corpus, and each finished run's identity.
-    An interrupt launches nothing more, stops the running runs and raises `Interrupted`."""
+    An interrupt launches nothing more, stops the running runs (`running.stop()`; default: this machine's `Processes`)
+    and raises `Interrupted`. `execute(study, variant, seed, root, running)` runs one run to its end."""
     if jobs is not None and not positive_int(jobs):
         raise ConfigError(f"jobs={jobs!r}: must be a positive integer (the number of runs executed at once)")
     variants = list(dict.fromkeys(variants or study.variant_names))
@@ -151,7 +153,7 @@ def sweep(study: Preset, variants=None, seeds=None, root: Path | None = None, pr
     outcomes = {run: o for run in todo if (o := _finished(study, run, paths[run], data)) is not None}
     cost = {v: run_budget(study, v).train_flops or flops_per_token(variant_config(study, v)) for v in variants}
     pending = sorted((run for run in todo if run not in outcomes), key=lambda run: -cost[run[0]])
-    processes = Processes()
+    processes = running if running is not None else Processes()
 
     def execute_one(run) -> RunOutcome:
         try:
@@ -232,6 +234,102 @@ def render_report(study: Preset, runs: Path | None = None, reports: Path | None 
     write_text_atomic(stamp, _digest(results))
     return out, True
 
+# %% ../nbs/11_study.ipynb #8d8ab6e8
+LAUNCHERS = ('local', 'submitit-local', 'slurm')
+
+class TrainJob:
+    """One run as a submitit job: the papermill command the local launcher runs. When the job is preempted or
+    times out, submitit calls `checkpoint`, which stops the notebook and requeues the job: the run resumes
+    from its last checkpoint."""
+    def __init__(self, study: Preset, variant: str, seed: int, root: Path):
+        self.study, self.variant, self.seed, self.root = study, variant, seed, Path(root)
+
+    def __call__(self) -> str:
+        self._processes = Processes()
+        return str(execute_run(self.study, self.variant, self.seed, self.root, self._processes))
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        if getattr(self, '_processes', None) is not None: self._processes.stop()
+        return submitit.helpers.DelayedSubmission(TrainJob(self.study, self.variant, self.seed, self.root))
+
+    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_processes'}
+
+class Jobs:
+    "The submitit jobs a sweep has in flight, each waited on by one sweep thread; `stop` cancels them all."
+    def __init__(self, executor):
+        self.executor, self._lock, self._jobs, self.stopped = executor, threading.Lock(), set(), False
+
+    def run(self, study: Preset, variant: str, seed: int, root: Path) -> Path:
+        "Submit the run as a job and wait for it to end; `RunFailed` with the job's error if it failed."
+        with self._lock:
+            if self.stopped: raise RunFailed("not submitted: the study was interrupted")
+            job = self.executor.submit(TrainJob(study, variant, seed, root))
+            self._jobs.add(job)
+        try: return Path(job.result())
+        except Exception as e: raise RunFailed(f"job {job.job_id}: {_error_line(e)} (its log: {job.paths.stderr})") from None
+        finally:
+            with self._lock: self._jobs.discard(job)
+
+    def stop(self) -> int:
+        with self._lock: self.stopped, jobs = True, list(self._jobs)
+        for job in jobs: job.cancel(check=False)
+        return len(jobs)
+
+def slurm_parameters(partition: str | None, gpus: int, cpus: int | None, time_min: int, account: str | None) -> dict:
+    "submitit's parameters for one run per job, one task: the cluster user's choices, and nothing they did not ask for."
+    params = {'timeout_min': time_min, 'gpus_per_node': gpus, 'nodes': 1, 'tasks_per_node': 1,
+              'slurm_partition': partition, 'slurm_account': account, 'cpus_per_task': cpus}
+    return {k: v for k, v in params.items() if v is not None}
+
+@dataclass(frozen=True)
+class Launcher:
+    "Where a study's runs execute: `local` processes, or submitit jobs (`submitit-local`, `slurm`) with these resources."
+    kind: str = 'local'
+    partition: str | None = None        # slurm: the partition (queue)
+    gpus: int = 1                       # slurm: GPUs per job
+    cpus: int | None = None             # slurm: CPUs per job (None: the cluster's default)
+    time_min: int = 240                 # slurm: the time limit per job, minutes; a longer run is requeued (up to 20 times)
+    account: str | None = None          # slurm: the account charged
+
+    def __post_init__(self):
+        if self.kind not in LAUNCHERS: raise ConfigError(f"launcher {self.kind!r}: must be one of {', '.join(LAUNCHERS)}")
+        if self.kind != 'slurm' and (self.partition, self.cpus, self.account) != (None, None, None):
+            raise ConfigError("--partition, --cpus and --account are for --launcher slurm; this launcher runs on this machine")
+        if not (positive_int(self.time_min) and isinstance(self.gpus, int) and self.gpus >= 0):
+            raise ConfigError(f"time={self.time_min!r} minutes and gpus={self.gpus!r}: need a positive time and gpus >= 0")
+
+    @property
+    def execute(self):
+        "The sweep's `execute` for this launcher."
+        if self.kind == 'local': return execute_run
+        return lambda study, variant, seed, root, jobs: jobs.run(study, variant, seed, root)
+
+    @property
+    def jobs(self) -> int | None:
+        "Runs in flight at once: all of them on a cluster (Slurm schedules them), else the sweep's default."
+        return 10_000 if self.kind == 'slurm' else None
+
+    def running(self, study: Preset, root: Path):
+        "What the sweep stops on an interrupt: this machine's processes, or the submitted jobs."
+        if self.kind == 'local': return Processes()
+        try: import submitit
+        except ImportError:
+            raise ConfigError(f"--launcher {self.kind} needs submitit: pip install 'moe_study[cluster]' "
+                              "(make install installs it)") from None
+        folder = Path(root) / study.name / '_jobs' / '%j'
+        if self.kind == 'submitit-local':
+            executor = submitit.AutoExecutor(folder=folder, cluster='local')
+            executor.update_parameters(timeout_min=self.time_min, gpus_per_node=0, name=f"moe_study-{study.name}")
+        else:
+            try: executor = submitit.AutoExecutor(folder=folder, cluster='slurm', slurm_max_num_timeout=20)   # requeues
+            except RuntimeError as e:
+                raise ConfigError(f"--launcher slurm: this machine is not a Slurm cluster's ({e}); run the study from a "
+                                  "login node, or use --launcher submitit-local to run the jobs here") from None
+            executor.update_parameters(name=f"moe_study-{study.name}",
+                                       **slurm_parameters(self.partition, self.gpus, self.cpus, self.time_min, self.account))
+        return Jobs(executor)
+
 # %% ../nbs/11_study.ipynb #fceb7dd1
 @dataclass
 class StudyOutcome:
@@ -247,9 +345,12 @@ class StudyOutcome:
     def executed(self) -> list[RunOutcome]: return [r for r in self.runs if r.status == 'executed']
 
 def run_study(study: Preset, variants=None, seeds=None, runs: Path | None = None, reports: Path | None = None,
-              progress: bool = True, jobs: int | None = None) -> StudyOutcome:
-    "Sweep, then render the report (re-rendered only when something changed)."
-    outcomes = sweep(study, variants, seeds, runs, progress, jobs=jobs)
+              progress: bool = True, jobs: int | None = None, launcher: Launcher | None = None) -> StudyOutcome:
+    """Sweep, then render the report (re-rendered only when something changed) once every run has ended. The runs
+    execute on this machine, or as submitit jobs (`launcher`: local ones, or on a Slurm cluster)."""
+    launcher = launcher or Launcher()
+    running = launcher.running(study, Path(runs or runs_root()))
+    outcomes = sweep(study, variants, seeds, runs, progress, launcher.execute, jobs or launcher.jobs, running)
     failed = [{'variant': o.variant, 'seed': o.seed, 'path': o.path, 'error': o.error} for o in outcomes if o.status == 'failed']
     try:
         report, rendered = render_report(study, runs, reports, failed)
