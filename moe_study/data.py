@@ -288,7 +288,7 @@ def _encoder(model: bytes, workers: int):
     with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(model, 1)) as pool:
         try: yield lambda jobs: _in_order(pool, jobs, 2 * workers)
         except BrokenProcessPool:
-            raise DataError(f"a worker process building the token cache died (out of memory, or killed); nothing was "
+            raise DataError("a worker process building the token cache died (out of memory, or killed); nothing was "
                             "written to the cache: run the command again") from None
 
 def _tokenize_split(corpus: Corpus, split: str, model: bytes, out: Path, workers: int) -> dict:

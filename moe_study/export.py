@@ -4,12 +4,11 @@
 
 # %% ../nbs/14_export.ipynb #30eb95f6
 from __future__ import annotations
-import json, os, shutil
+import importlib.util, json, os, shutil
 from pathlib import Path
 import torch
 from .config import ConfigError, ModelConfig, cache_root, config_from_dict, upgrade_identity
 from .data import EOS_ID, load_tokenizer
-from .fileio import exclusive
 from .trainer import load_checkpoint
 
 # %% auto #0
@@ -95,9 +94,8 @@ def run_tokenizer_file(identity: dict, cache_key: str) -> Path:
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the run in `run_dir` as a transformers model folder `out_dir` (Llama or Mixtral, safetensors, the
     tokenizer, a generation config). Refuses, naming why, a model the target class cannot hold."""
-    try: import transformers
-    except ImportError:
-        raise ConfigError("export needs transformers: pip install 'moe_study[hf]' (make install installs it)") from None
+    if importlib.util.find_spec('transformers') is None:
+        raise ConfigError("export needs transformers: pip install 'moe_study[hf]' (make install installs it)")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt = run_dir / 'checkpoint.pt'
     if not ckpt.is_file():

@@ -1,7 +1,6 @@
 """`python -m moe_study export`: smoke-preset dense and MoE runs, exported through the command line, load and generate
 in transformers in a fresh process (offline), with the package's logits and greedy continuations."""
 import json, os, subprocess, sys, textwrap
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,6 +1,6 @@
 """`study --launcher submitit-local`: every run a submitit job (a real process through submitit's local executor), the
 report rendered once they have all ended; `--launcher slurm` off a cluster is a clear error."""
-import json, os, subprocess, sys
+import json, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
