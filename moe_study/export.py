@@ -113,8 +113,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     from transformers import GenerationConfig, LlamaForCausalLM, MixtralForCausalLM
     hf = (MixtralForCausalLM if cfg.is_moe else LlamaForCausalLM)(hf_config(cfg))
     hf.load_state_dict(hf_state_dict(cfg, state['model']), strict=True)
-    hf.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
-                                            max_length=cfg.context_len)
+    hf.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = out_dir.parent / f".{out_dir.name}.exporting-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
