@@ -350,7 +350,7 @@ def run_study(study: Preset, variants=None, seeds=None, runs: Path | None = None
     execute on this machine, or as submitit jobs (`launcher`: local ones, or on a Slurm cluster)."""
     launcher = launcher or Launcher()
     running = launcher.running(study, Path(runs or runs_root()))
-    outcomes = sweep(study, variants, seeds, runs, progress, launcher.execute, jobs or launcher.jobs, running)
+    outcomes = sweep(study, variants, seeds, runs, progress, launcher.execute, launcher.jobs if jobs is None else jobs, running)
     failed = [{'variant': o.variant, 'seed': o.seed, 'path': o.path, 'error': o.error} for o in outcomes if o.status == 'failed']
     try:
         report, rendered = render_report(study, runs, reports, failed)
