@@ -10,12 +10,15 @@ import json
 import signal
 import sys
 from pathlib import Path
-from .config import ConfigError, PRESETS, Preset, study_with
+from .config import ConfigError
+from .studies import STUDIES, Study, study_with
 from .params import format_param_table, variant_table
 from .data import DataError, benchmark_data, load_data
 from .fileio import Busy, os_error_message
 from .bench import benchmark, format_benchmark
-from .trainer import TrainingError, run_dir, train
+from .checkpoint import TrainingError
+from .identity import run_dir
+from .trainer import train
 from .study import LAUNCHERS, Launcher, run_study
 
 # %% auto #0
@@ -28,7 +31,7 @@ __all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'study_from_arg
 def add_preset_argument(p, default: str | None = 'cpu', changes: bool = True) -> None:
     "`--preset`, and with `changes` the user's `--data` and `--set` that make a new study identity."
     p.add_argument('--preset', default=default, metavar='PRESET',
-                   help=f"{', '.join(PRESETS)}, or a study .json file (default: {default or 'see below'})")
+                   help=f"{', '.join(STUDIES)}, or a study .json file (default: {default or 'see below'})")
     if not changes: return
     p.add_argument('--data', default=None, metavar='PATH',
                    help="your own corpus: a .txt / .jsonl / .parquet file or folder (a new study identity)")
@@ -49,7 +52,7 @@ def parse_overrides(pairs: list[str]) -> dict:
             except ValueError: out[key] = value
     return out
 
-def study_from_args(args) -> Preset:
+def study_from_args(args) -> Study:
     "The study the command line names: the preset, changed by --data and --set."
     return study_with(args.preset, getattr(args, 'data', None), parse_overrides(getattr(args, 'overrides', [])))
 

@@ -10,17 +10,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
-from .config import Preset, get_preset, upgrade_identity
+from .config import upgrade_identity
+from .studies import Study, get_preset
 from .params import count_params, variant_config
 from .fileio import config_drift, flatten
-from .trainer import SEQUENCE_FILES, read_metrics, runs_root
+from .trainer import SEQUENCE_FILES, read_metrics
+from .identity import runs_root
 
 # %% auto #0
-__all__ = ['AUDIT_FIELDS', 'BASE_COLOURS', 'RATE_SERIES', 'load_runs', 'load_metrics', 'load_configs', 't_975', 'mean_std_ci',
-           'fmt', 'sign_count', 'confirmation', 'load_sequences', 'multi_bootstrap', 'variant_results', 'paired_gaps',
-           'val_curves', 'gap_curves', 'routing_curves', 'throughput', 'rate_table', 'rate_findings', 'fairness_audit',
-           'UnfairComparison', 'require_fair', 'study_results', 'palette', 'plot_loss_curves', 'plot_gap_curves',
-           'plot_routing', 'plot_rate_curve']
+__all__ = ['AUDIT_FIELDS', 'BASE_COLOURS', 'ROUTING_IDS', 'RATE_SERIES', 'load_runs', 'load_metrics', 'load_configs', 't_975',
+           'mean_std_ci', 'fmt', 'sign_count', 'confirmation', 'load_sequences', 'multi_bootstrap', 'variant_results',
+           'paired_gaps', 'val_curves', 'gap_curves', 'routing_curves', 'throughput', 'rate_table', 'rate_findings',
+           'fairness_audit', 'UnfairComparison', 'require_fair', 'study_results', 'palette', 'plot_loss_curves',
+           'plot_gap_curves', 'plot_routing', 'plot_rate_curve']
 
 # %% ../nbs/10_analysis.ipynb #ec9ec126
 def load_runs(study: str, root: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
@@ -127,7 +129,7 @@ def variant_results(runs: pd.DataFrame, order: list[str] = ()) -> dict:
                         'bpb': mean_std_ci(r.best_val_bpb)}
     return out
 
-def paired_gaps(runs: pd.DataFrame, study: Preset, sequences: dict | None = None) -> dict:
+def paired_gaps(runs: pd.DataFrame, study: Study, sequences: dict | None = None) -> dict:
     """Per declared comparison: the seeds both variants completed, the per-seed gaps, mean ± std and the 95%
     t-interval, the sign count, the estimate from the confirmation seeds alone (`confirmation`) and, where
     the runs kept their per-sequence losses, the multi-bootstrap interval (`bootstrap`)."""
@@ -148,7 +150,7 @@ def paired_gaps(runs: pd.DataFrame, study: Preset, sequences: dict | None = None
 def val_curves(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics[metrics.split == 'val'][['variant', 'seed', 'step', 'tokens', 'loss', 'bpb']].reset_index(drop=True)
 
-def gap_curves(metrics: pd.DataFrame, study: Preset) -> pd.DataFrame:
+def gap_curves(metrics: pd.DataFrame, study: Study) -> pd.DataFrame:
     "Columns: gap, step, tokens, seed, value — one row per declared gap, evaluation step and seed."
     wide = val_curves(metrics).pivot_table(index=['step', 'tokens', 'seed'], columns='variant', values='loss')
     frames = [pd.DataFrame({'gap': g.name, 'value': wide[g.a] - wide[g.b]}).reset_index()
@@ -156,11 +158,11 @@ def gap_curves(metrics: pd.DataFrame, study: Preset) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).dropna() if frames else pd.DataFrame(columns=['gap', 'step', 'tokens', 'seed', 'value'])
 
 def routing_curves(metrics: pd.DataFrame) -> pd.DataFrame:
-    "One row per MoE train record, layer and expert: load, max_vio, entropy, z, drop_rate."
+    "One row per MoE train record, layer and expert: the expert's load, and the layer's other statistics (router losses too)."
     rows = metrics[(metrics.split == 'train') & metrics.get('routing', pd.Series(dtype=object)).notna()] \
         if 'routing' in metrics else metrics.iloc[0:0]
     return pd.DataFrame([{'variant': r.variant, 'seed': r.seed, 'step': r.step, 'tokens': r.tokens, 'layer': i,
-                          'expert': e, 'load': load, **{k: d[k] for k in ('max_vio', 'entropy', 'z', 'drop_rate')}}
+                          'expert': e, 'load': load, **{k: v for k, v in d.items() if k != 'load'}}
                          for r in rows.itertuples() for i, d in enumerate(r.routing) for e, load in enumerate(d['load'])])
 
 def throughput(metrics: pd.DataFrame, configs: dict, order: list[str] = ()) -> pd.DataFrame:
@@ -172,7 +174,7 @@ def throughput(metrics: pd.DataFrame, configs: dict, order: list[str] = ()) -> p
     return out.reindex([v for v in order if v in out.index] + sorted(set(out.index) - set(order)))
 
 # %% ../nbs/10_analysis.ipynb #fe53fc93
-def rate_table(runs: pd.DataFrame, study: Preset, configs: dict) -> pd.DataFrame:
+def rate_table(runs: pd.DataFrame, study: Study, configs: dict) -> pd.DataFrame:
     "One row per variant with complete runs: activation rate, data setting, epochs, tokens and loss / bpb over seeds."
     rows, results = [], variant_results(runs, study.variant_names)
     for v, r in results.items():
@@ -193,7 +195,7 @@ def _verdict(g: dict, below: str, above: str) -> str:
     word = below if hi < 0 else above if lo > 0 else "is not resolved from zero"
     return f"{word} ({g['mean']:+.4f} ± {g['std']:.4f}, 95% t-interval [{lo:+.4f}, {hi:+.4f}], {g['n']} seeds)"
 
-def rate_findings(table: pd.DataFrame, gaps: dict, study: Preset) -> list[str]:
+def rate_findings(table: pd.DataFrame, gaps: dict, study: Study) -> list[str]:
     "Sentences on the activation-rate sweep: the best rate, which rates beat dense, and what reuse costs."
     vs_dense = {g.a: gaps[g.name] for g in study.comparisons if g.name in gaps and g.b in table.index
                 and table.activation_rate[g.b] == 1 and not study.variant(g.a).fresh_data}
@@ -228,7 +230,7 @@ AUDIT_FIELDS = {            # check: (the config.json field(s) every run must sh
     'tokenizer': ('identity.tokenizer_sha256', None),
     'data': ('identity.data_sha256', None),
     'token budget': (('identity.steps', 'tokens_per_step'), _budget('tokens')),
-    'compute budget': ('identity.budget.reference_flops_per_token', _budget('compute')),
+    'compute budget': ('identity.budget.reference_flops_per_token', _budget('reference_flops')),
     'unique data': ('identity.budget.unique_tokens', _shares_pool),
     'batch order': (('identity.data_sha256', 'identity.train.batch_size', 'identity.train.seq_len', 'tokens_per_step'), None),
     'optimizer and schedule': ('identity.train', None),
@@ -262,7 +264,7 @@ def _differences(configs: dict, field, reference: str) -> list[str]:
                    f"(the other runs: {', '.join(repr(common.get(k)) for k in diff)})")
     return out
 
-def _per_run_problems(configs: dict, study: Preset) -> dict[str, list[str]]:
+def _per_run_problems(configs: dict, study: Study) -> dict[str, list[str]]:
     """The checks of each run alone: the seed its directory names, and the run its variant declares today
     (model, recipe and data: a run left from an edited declaration is caught here)."""
     seeds, runs = [], []
@@ -275,7 +277,7 @@ def _per_run_problems(configs: dict, study: Preset) -> dict[str, list[str]]:
         if drift: runs.append(f"{variant}/seed{seed} differs from the declaration: " + '; '.join(drift))
     return {'seed pairing': seeds, 'run as declared': runs}
 
-def fairness_audit(configs: dict[tuple[str, int], dict], study: Preset) -> pd.DataFrame:
+def fairness_audit(configs: dict[tuple[str, int], dict], study: Study) -> pd.DataFrame:
     """One row per check: whether the runs it applies to agree, and their common value (or, for a failed
     check, each run that differs and how)."""
     rows = []
@@ -299,14 +301,14 @@ def require_fair(audit: pd.DataFrame) -> None:
             ". Rerun the runs named (move their directories away first), or remove them from the study")
 
 # %% ../nbs/10_analysis.ipynb #00ec65e1
-def study_results(study: Preset | str, root: Path | None = None, failed: list[dict] | None = None) -> dict:
+def study_results(study: Study | str, root: Path | None = None, failed: list[dict] | None = None) -> dict:
     study = get_preset(study)
     runs, incomplete = load_runs(study.name, root)
     audit = fairness_audit(load_configs(runs), study) if len(runs) else pd.DataFrame(columns=['check', 'ok', 'values'])
     sequences = load_sequences(runs) if len(runs) else {}
     rates = any(v.activation_rate for v in study.variants) and len(runs)
     isoflop = {}
-    if any(v.budget == 'flops' for v in study.variants) and len(runs):
+    if any(v.budget == 'fixed_flops' for v in study.variants) and len(runs):
         from moe_study.scaling import isoflop_results        # chapter 13 builds on this one
         isoflop = isoflop_results(runs, study, load_configs(runs))
     return {'preset': study.name, 'base': study.base, 'overrides': study.overrides,
@@ -350,7 +352,7 @@ def plot_loss_curves(metrics: pd.DataFrame, order: list[str] = ()):
     fig.tight_layout()
     return fig
 
-def plot_gap_curves(metrics: pd.DataFrame, study: Preset):
+def plot_gap_curves(metrics: pd.DataFrame, study: Study):
     "One panel per declared comparison: the gap over training, mean over seeds with the min–max band."
     g = gap_curves(metrics, study)
     g = g[g.step > 0]
@@ -370,22 +372,26 @@ def plot_gap_curves(metrics: pd.DataFrame, study: Preset):
     fig.tight_layout()
     return fig
 
+ROUTING_IDS = ('variant', 'seed', 'step', 'tokens', 'layer', 'expert', 'load', 'dead', 'drop_rate')
+
 def plot_routing(metrics: pd.DataFrame, title: str = ''):
-    "Per-layer expert load, MaxVio, router entropy and z-loss over training, for the MoE runs in `metrics`."
+    "Per-layer expert load, then MaxVio, router entropy and each router loss over training, for the MoE runs in `metrics`."
     r = routing_curves(metrics)
     if r.empty: return None
     layers = sorted(r.layer.unique())
-    fig, ax = plt.subplots(2, max(len(layers), 3), figsize=(3.3 * max(len(layers), 3), 6.2), squeeze=False)
+    panels = [k for k in r.columns if k not in ROUTING_IDS]          # max_vio, entropy, then the router losses
+    cols = max(len(layers), len(panels))
+    fig, ax = plt.subplots(2, cols, figsize=(3.3 * cols, 6.2), squeeze=False)
     for i in layers:
         sns.lineplot(r[r.layer == i], x='tokens', y='load', hue='expert', errorbar=None, ax=ax[0, i], palette='deep',
                      legend=i == 0 and r.expert.nunique() <= 10)     # more experts than colours: no legend
         ax[0, i].axhline(1 / r.expert.nunique(), color='grey', lw=0.8)
         ax[0, i].set(title=f'layer {i}: expert load', ylim=(0, None))
     per_layer = r.drop_duplicates(['seed', 'step', 'layer'])
-    for j, k in enumerate(('max_vio', 'entropy', 'z')):
+    for j, k in enumerate(panels):
         sns.lineplot(per_layer, x='tokens', y=k, hue='layer', errorbar=None, ax=ax[1, j], palette='crest').set(title=k)
-    for j in range(3, ax.shape[1]): ax[1, j].axis('off')
-    for j in range(len(layers), ax.shape[1]): ax[0, j].axis('off')
+    for j in range(len(panels), cols): ax[1, j].axis('off')
+    for j in range(len(layers), cols): ax[0, j].axis('off')
     if title: fig.suptitle(title, x=0.01, ha='left', fontweight='bold')
     fig.tight_layout()
     return fig

@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 import numpy as np
 import torch
-from .config import ConfigError, Preset, TrainConfig, positive_int, study_with
+from .config import ConfigError, TrainConfig, positive_int
+from .studies import Study, study_with
 from .device import cpu_threads, measure_matmul_peak, peak_flops, resolve_device, run_threads
 from .model import Decoder
 from .params import flops_per_token, match_dense
@@ -31,7 +32,7 @@ def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compi
     with cpu_threads(run_threads(cfg)):
         return _benchmark(preset, cfg, device, steps, warmup, compile)
 
-def _benchmark(preset: Preset, cfg: TrainConfig, device: torch.device, steps: int, warmup: int,
+def _benchmark(preset: Study, cfg: TrainConfig, device: torch.device, steps: int, warmup: int,
                compile: bool | None) -> dict:
     dtype = resolve_device(cfg)[1]
     compile = cfg.compile and device.type == 'cuda' if compile is None else compile

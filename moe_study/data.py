@@ -16,16 +16,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 import moe_study
-from .config import DataConfig, Preset, cache_root, get_preset
-from .fileio import naming, write_json_atomic
+from .config import CORPUS_SOURCES, DataConfig
+from typing import TYPE_CHECKING
+if TYPE_CHECKING: from moe_study.studies import Study
+from .fileio import cache_root, naming, write_json_atomic
 from .stories import GENERATOR_VERSION, make_world, synthetic_stories
 
 # %% auto #0
-__all__ = ['CHUNK_DOCS', 'TEXT_SUFFIXES', 'CORPUS_SOURCES', 'EOS_ID', 'CACHE_FORMAT', 'POOL_SEED', 'DataError', 'Corpus',
-           'synthetic_corpus', 'read_documents', 'is_validation', 'files_corpus', 'load_tinystories',
-           'tinystories_corpus', 'open_corpus', 'train_tokenizer', 'load_tokenizer', 'cache_key', 'build_workers',
-           'manifest_digest', 'verify_cache', 'build_cache', 'TokenCache', 'load_data', 'benchmark_data',
-           'BatchSampler', 'val_batches']
+__all__ = ['CHUNK_DOCS', 'TEXT_SUFFIXES', 'EOS_ID', 'CACHE_FORMAT', 'POOL_SEED', 'DataError', 'Corpus', 'synthetic_corpus',
+           'read_documents', 'is_validation', 'files_corpus', 'load_tinystories', 'tinystories_corpus', 'open_corpus',
+           'train_tokenizer', 'load_tokenizer', 'cache_key', 'build_workers', 'manifest_digest', 'verify_cache',
+           'build_cache', 'TokenCache', 'load_data', 'benchmark_data', 'BatchSampler', 'val_batches']
 
 # %% ../nbs/03_data.ipynb #c4a24059
 class DataError(ValueError):
@@ -198,7 +199,9 @@ def tinystories_corpus(cfg: DataConfig) -> Corpus:
                   {k: ds[v]._fingerprint for k, v in splits.items()})
 
 # %% ../nbs/03_data.ipynb #3c5a777c
-CORPUS_SOURCES = {'synthetic': synthetic_corpus, 'files': files_corpus, 'tinystories': tinystories_corpus}
+CORPUS_SOURCES.register('synthetic', synthetic_corpus)
+CORPUS_SOURCES.register('files', files_corpus)
+CORPUS_SOURCES.register('tinystories', tinystories_corpus)
 
 def open_corpus(cfg: DataConfig) -> Corpus:
     "The corpus `cfg` describes."
@@ -389,16 +392,18 @@ class TokenCache:
     @property
     def data_hash(self) -> str: return self.manifest['data_sha256']
 
-def load_data(preset: Preset | str, root: Path | None = None, rebuild: bool = False) -> TokenCache:
+def load_data(preset: Study | str, root: Path | None = None, rebuild: bool = False) -> TokenCache:
     "The token cache of `preset`, built on first use and verified on every use."
+    from moe_study.studies import get_preset    # here: the shipped studies import this module to check their corpora
     preset = get_preset(preset)
     path = build_cache(preset.data, preset.model.vocab_size, root, rebuild)
     return TokenCache(path, json.loads((path / 'manifest.json').read_text()))
 
 # %% ../nbs/03_data.ipynb #a440a784
-def benchmark_data(preset: Preset | str) -> dict:
+def benchmark_data(preset: Study | str) -> dict:
     "Seconds and MB/s of each stage of building `preset`'s token cache, measured in a scratch folder."
     import tempfile
+    from moe_study.studies import get_preset    # here: the shipped studies import this module to check their corpora
     preset = get_preset(preset)
     cfg, vocab = preset.data, preset.model.vocab_size
     corpus = open_corpus(cfg)

@@ -7,16 +7,20 @@ from __future__ import annotations
 import importlib.util, json, os, shutil
 from pathlib import Path
 import torch
-from .config import ConfigError, ModelConfig, cache_root, config_from_dict, upgrade_identity
+from .config import ConfigError, ModelConfig, config_from_dict, upgrade_identity
+from .fileio import cache_root
 from .data import EOS_ID, load_tokenizer
-from .trainer import load_checkpoint
+from .checkpoint import load_checkpoint
+from .model import Decoder
+from .moe import MoE
 
 # %% auto #0
-__all__ = ['export_refusals', 'hf_config', 'hf_state_dict', 'hf_tokenizer', 'run_tokenizer_file', 'export_run']
+__all__ = ['export_refusals', 'export_dropped', 'hf_config', 'hf_state_dict', 'hf_tokenizer', 'run_tokenizer_file', 'export_run']
 
 # %% ../nbs/14_export.ipynb #c65d27a0
-def export_refusals(cfg: ModelConfig, state: dict) -> list[str]:
-    "Why a model with `cfg` and weights `state` cannot be written as a transformers model (empty: it can)."
+def export_refusals(model: Decoder) -> list[str]:
+    "Why `model` cannot be written as a transformers model (empty: it can)."
+    cfg = model.cfg
     if not cfg.is_moe: return []
     why = []
     if cfg.capacity_factor is not None:
@@ -25,11 +29,15 @@ def export_refusals(cfg: ModelConfig, state: dict) -> list[str]:
     if cfg.n_dense_layers: why.append(f"n_dense_layers={cfg.n_dense_layers}: Mixtral routes every layer")
     if not cfg.renormalize:
         why.append("renormalize=False: Mixtral always renormalises the kept experts' probabilities to sum to 1")
-    biased = [k for k, v in state.items() if k.endswith('balance_bias') and bool((v != v.flatten()[0]).any())]
-    if biased:
-        why.append(f"an aux-loss-free selection bias that is not uniform ({biased[0]}, ...): it changes which experts "
-                   "are picked, and Mixtral has no place for it")
+    routers = [(i, layer.mlp.router.export_refusal()) for i, layer in enumerate(model.layers) if isinstance(layer.mlp, MoE)]
+    why += [f"layer {i}'s router: {refusal}" for i, refusal in routers if refusal][:1]
     return why
+
+def export_dropped(cfg: ModelConfig) -> list[str]:
+    "What of `cfg` only matters in training and a transformers model does not keep."
+    if not cfg.is_moe: return []
+    losses = [f"router loss {n!r} (×{c:g})" for n, c in cfg.router_losses.items() if n != 'lb']
+    return losses + ([f"the {cfg.router!r} router's balancing state (bias_update_rate)"] if cfg.router != 'topk' else [])
 
 # %% ../nbs/14_export.ipynb #f72ffec9
 def hf_config(cfg: ModelConfig):
@@ -43,18 +51,18 @@ def hf_config(cfg: ModelConfig):
                   attention_dropout=0.0, bos_token_id=None, eos_token_id=EOS_ID, pad_token_id=EOS_ID, use_cache=True)
     if not cfg.is_moe:
         return LlamaConfig(**common, intermediate_size=cfg.d_ff, attention_bias=False, mlp_bias=False, pretraining_tp=1)
-    lb = cfg.lb_coef / cfg.top_k if cfg.balancing == 'aux' else 0.0
+    lb = cfg.router_losses.get('lb', 0.0) / cfg.top_k
     return MixtralConfig(**common, intermediate_size=cfg.d_expert, num_local_experts=cfg.n_experts,
                          num_experts_per_tok=cfg.top_k, router_aux_loss_coef=lb, output_router_logits=False,
                          router_jitter_noise=0.0, sliding_window=None)
 
 # %% ../nbs/14_export.ipynb #75db1583
-def hf_state_dict(cfg: ModelConfig, state: dict) -> dict:
-    "Our decoder's state dict under transformers' names and layout."
+def hf_state_dict(model: Decoder) -> dict:
+    "`model`'s weights under transformers' names and layout (its buffers, such as a router's state, stay behind)."
+    state, buffers = model.state_dict(), {n for n, _ in model.named_buffers()}
     out = {}
     for name, w in state.items():
-        if name.endswith('balance_bias'): continue
-        if name.endswith('mlp.experts.up_proj'): continue                     # fused into gate_up_proj below
+        if name in buffers or name.endswith('mlp.experts.up_proj'): continue      # up_proj: fused into gate_up_proj
         if name.endswith('mlp.experts.gate_proj'):
             name, w = name.replace('gate_proj', 'gate_up_proj'), torch.cat([w, state[name.replace('gate_', 'up_')]], 1)
         name = name.replace('.mlp.router.', '.mlp.gate.')
@@ -105,14 +113,16 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     state = load_checkpoint(ckpt, torch.device('cpu'))
     identity = upgrade_identity(json.loads(state['identity']))
     cfg = config_from_dict(ModelConfig, identity['model'])
-    refusals = export_refusals(cfg, state['model'])
+    model = Decoder(cfg)
+    model.load_state_dict(state['model'])        # a checkpoint from before routers were parts is mapped on load
+    refusals = export_refusals(model)
     if refusals: raise ConfigError(f"{run_dir} cannot be exported to transformers: {'; '.join(refusals)}")
     key = json.loads((run_dir / 'config.json').read_text())['data_manifest']['key']
     tokenizer = hf_tokenizer(run_tokenizer_file(identity, key))
 
     from transformers import GenerationConfig, LlamaForCausalLM, MixtralForCausalLM
     hf = (MixtralForCausalLM if cfg.is_moe else LlamaForCausalLM)(hf_config(cfg))
-    hf.load_state_dict(hf_state_dict(cfg, state['model']), strict=True)
+    hf.load_state_dict(hf_state_dict(model), strict=True)
     hf.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = out_dir.parent / f".{out_dir.name}.exporting-{os.getpid()}"
@@ -122,7 +132,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         tokenizer.save_pretrained(scratch)
         (scratch / 'moe_study_export.json').write_text(json.dumps(
             {'run': str(run_dir.resolve()), 'step': state['step'], 'identity': identity,
-             'dropped': ['router z-loss (z_coef)', 'bias_update_rate'] if cfg.is_moe else []}, indent=1))
+             'dropped': export_dropped(cfg)}, indent=1))
         os.rename(scratch, out_dir)
     finally: shutil.rmtree(scratch, ignore_errors=True)
     return out_dir

@@ -10,7 +10,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['write_atomic', 'write_text_atomic', 'write_json_atomic', 'Busy', 'exclusive', 'os_error_message', 'naming', 'flatten',
-           'config_drift']
+           'config_drift', 'project_root', 'cache_root']
 
 # %% ../nbs/01_fileio.ipynb #a9808712
 def write_atomic(path: Path, write) -> None:
@@ -89,3 +89,19 @@ def config_drift(old: dict, new: dict) -> list[str]:
     "The fields where two nested records differ, as 'field: old -> new'."
     a, b = flatten(old), flatten(new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+# %% ../nbs/01_fileio.ipynb #6edb9056
+def project_root() -> Path:
+    "The repository root: $MOE_STUDY_ROOT, else the nearest parent of the working directory holding our settings.ini."
+    if os.environ.get('MOE_STUDY_ROOT'): return Path(os.environ['MOE_STUDY_ROOT']).resolve()
+    package_dir = [Path(__file__).resolve().parent] if '__file__' in globals() else []   # unset in a notebook
+    for start in (Path.cwd(), *package_dir):
+        for d in (start, *start.parents):
+            ini = d / 'settings.ini'
+            if ini.is_file() and 'lib_name = moe_study' in ini.read_text(): return d
+    raise FileNotFoundError("cannot find the moe_study repository root (a folder with its settings.ini) above "
+                            f"{Path.cwd()}; run from inside the repository or set MOE_STUDY_ROOT")
+
+def cache_root() -> Path:
+    "Where token caches live: runs/_cache under the project root."
+    return project_root() / 'runs' / '_cache'

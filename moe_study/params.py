@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 import torch
-from .config import ModelConfig, Preset, ConfigError, get_preset
+from .config import ConfigError, ModelConfig
+from .studies import Study, get_preset
 
 # %% auto #0
 __all__ = ['MATCH_QUANTITIES', 'MAX_EXPERTS', 'ParamCounts', 'count_params', 'count_module_params', 'meta_decoder',
@@ -160,7 +161,7 @@ def match_activation_rate(ref: ModelConfig, rate: float, overrides: dict | None 
     return Match(cfg, 'total', 'n_experts, top_k, d_expert', goal, c.total_nonembedding, residual, c.activation_rate)
 
 # %% ../nbs/06_params.ipynb #ed1a4219
-def variant_match(preset: Preset | str, variant: str) -> Match | None:
+def variant_match(preset: Study | str, variant: str) -> Match | None:
     "The solver's match for a matched variant (a dense match, or an MoE at a rate) of `preset`; None for one that is not."
     preset = get_preset(preset)
     v = preset.variant(variant)
@@ -177,7 +178,7 @@ def split_experts(cfg: ModelConfig, granularity: int) -> ModelConfig:
     return cfg.replace(n_experts=cfg.n_experts * granularity, top_k=cfg.top_k * granularity,
                        d_expert=cfg.d_expert // granularity)
 
-def variant_config(preset: Preset | str, variant: str) -> ModelConfig:
+def variant_config(preset: Study | str, variant: str) -> ModelConfig:
     """The model config of `variant` in `preset`: the reference with its overrides, then matched if it is matched
     (or sized for its FLOPs budget), its experts split by its granularity."""
     preset = get_preset(preset)
@@ -199,7 +200,7 @@ def _at_width(ref: ModelConfig, d: int, multiple: int) -> ModelConfig:
     scale = lambda w: _round_to(w * d / ref.d_model, multiple)
     return ref.replace(d_model=d, d_ff=scale(ref.d_ff), d_expert=scale(ref.d_expert))
 
-def size_for_budget(preset: Preset | str, variant: str, max_width: int = 4096) -> Sized:
+def size_for_budget(preset: Study | str, variant: str, max_width: int = 4096) -> Sized:
     "The width at which `variant`'s FLOPs budget buys the declared tokens per active parameter (closest in log)."
     preset = get_preset(preset)
     v, t = preset.variant(variant), preset.train
@@ -233,7 +234,7 @@ class Budget:
     flops_per_token: int
     train_flops: int | None         # flops_per_token · tokens
 
-def run_budget(preset: Preset | str, variant: str, split_windows: int | None = None) -> Budget:
+def run_budget(preset: Study | str, variant: str, split_windows: int | None = None) -> Budget:
     """The budget of `variant` in `preset`; `split_windows` (the training split's windows of seq_len + 1 tokens)
     is needed only when the recipe counts epochs or uses the whole split."""
     preset = get_preset(preset)
@@ -242,9 +243,9 @@ def run_budget(preset: Preset | str, variant: str, split_windows: int | None = N
     shared_pool = t.unique_tokens // seq_len if t.unique_tokens else None
     epoch_windows = shared_pool or split_windows
     steps = t.max_steps or (epoch_windows and max(1, int(t.epochs * epoch_windows) // t.batch_size))
-    if steps and v.budget == 'compute':
+    if steps and v.budget == 'reference_flops':
         steps = max(1, round(steps * flops_per_token(preset.model) / flops_per_token(cfg)))
-    if v.budget == 'flops':                       # an IsoFLOP point: its own compute, whatever the recipe's steps
+    if v.budget == 'fixed_flops':                       # an IsoFLOP point: its own compute, whatever the recipe's steps
         steps = max(1, round(v.budget_flops / (flops_per_token(cfg) * t.batch_size * seq_len)))
     pool = steps * t.batch_size if (v.fresh_data and steps) else shared_pool
     windows = pool or split_windows                                  # what one epoch covers
@@ -254,7 +255,7 @@ def run_budget(preset: Preset | str, variant: str, split_windows: int | None = N
                   fpt, tokens and fpt * tokens)
 
 # %% ../nbs/06_params.ipynb #1e51dfec
-def variant_row(preset: Preset | str, variant: str) -> dict:
+def variant_row(preset: Study | str, variant: str) -> dict:
     "One variant's sizes: the keys of `python -m moe_study params --json`."
     preset = get_preset(preset)
     cfg, m, b = variant_config(preset, variant), variant_match(preset, variant), run_budget(preset, variant)
@@ -274,7 +275,7 @@ def variant_row(preset: Preset | str, variant: str) -> dict:
             'matched_to': None if m is None else m.matched_to,
             'residual_pct': None if m is None else round(m.residual_pct, 4)}
 
-def variant_table(preset: Preset | str, variants: list[str] | None = None) -> list[dict]:
+def variant_table(preset: Study | str, variants: list[str] | None = None) -> list[dict]:
     "`variant_row` of each of `variants` (default: every declared variant, in declaration order)."
     preset = get_preset(preset)
     return [variant_row(preset, v) for v in (variants or preset.variant_names)]

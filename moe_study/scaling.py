@@ -102,15 +102,15 @@ def fit_sparsity_law(N, D, S, loss, holdout=None) -> LawFit:
 
 # %% ../nbs/13_scaling.ipynb #76c53946
 import pandas as pd
-from .config import Preset
+from .studies import Study
 from .params import count_params, variant_config
 
-def isoflop_points(runs: pd.DataFrame, study: Preset, configs: dict) -> pd.DataFrame:
+def isoflop_points(runs: pd.DataFrame, study: Study, configs: dict) -> pd.DataFrame:
     "One row per complete run of a variant with a FLOPs budget: budget, S, G, N_total, N_active, tokens, FLOPs, loss."
     rows = []
     for r in runs.itertuples():
         v = study.variant(r.variant)
-        if v.budget != 'flops': continue
+        if v.budget != 'fixed_flops': continue
         cfg, c = variant_config(study, r.variant), configs[(r.variant, r.seed)]
         counts = count_params(cfg)
         rows.append({'variant': r.variant, 'seed': r.seed, 'budget_flops': v.budget_flops,
@@ -183,7 +183,7 @@ def _against_dense(o: pd.DataFrame) -> list[str]:
     return out
 
 # %% ../nbs/13_scaling.ipynb #90497896
-def isoflop_results(runs: pd.DataFrame, study: Preset, configs: dict) -> dict:
+def isoflop_results(runs: pd.DataFrame, study: Study, configs: dict) -> dict:
     "The IsoFLOP part of results.json: points, optima, the eq.-6 fit (or why it was not fitted) and the findings."
     points = isoflop_points(runs, study, configs)
     if points.empty: return {}

@@ -11,13 +11,17 @@ from pathlib import Path
 import pandas as pd
 import psutil
 from tqdm import tqdm
-from .config import ConfigError, PRESETS, Preset, check_seeds, positive_int, preset_to_dict, project_root
+from .config import ConfigError, check_seeds, positive_int
+from .studies import STUDIES, Study, study_to_dict
+from .fileio import project_root
 from .analysis import require_fair, study_results
 from .data import load_data
 from .fileio import write_json_atomic, write_text_atomic
 from .params import flops_per_token, run_budget, variant_config
 from .device import run_threads
-from .trainer import LAUNCHER_ENV, TrainingError, finished_summary, plan_run, resolve_run, run_dir, runs_root
+from .trainer import LAUNCHER_ENV
+from .checkpoint import TrainingError
+from .identity import finished_summary, plan_run, resolve_run, run_dir, runs_root
 
 # %% auto #0
 __all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'LAUNCHERS', 'notebook', 'write_study', 'study_argument', 'RunFailed',
@@ -28,16 +32,16 @@ __all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'LAUNCHERS', 'notebook', 
 # %% ../nbs/11_study.ipynb #2960596f
 def notebook(name: str) -> Path: return project_root() / 'nbs' / name
 
-def write_study(study: Preset, root: Path) -> Path:
+def write_study(study: Study, root: Path) -> Path:
     "Write the declaration to <root>/<study>/study.json (atomically) and return its path."
     path = Path(root) / study.name / 'study.json'
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, preset_to_dict(study))
+    write_json_atomic(path, study_to_dict(study))
     return path
 
-def study_argument(study: Preset, root: Path) -> str:
+def study_argument(study: Study, root: Path) -> str:
     "What a papermill notebook's `preset` parameter gets: a shipped preset's name, else its study.json."
-    return study.name if PRESETS.get(study.name) == study else str(Path(root) / study.name / 'study.json')
+    return study.name if STUDIES.get(study.name) == study else str(Path(root) / study.name / 'study.json')
 
 KERNEL_START_TIMEOUT = 300     # seconds; papermill's 60 are too few for a kernel importing torch on a busy machine
 
@@ -80,7 +84,7 @@ class Processes:
             except psutil.NoSuchProcess: pass
         return len(running)
 
-def execute_run(study: Preset, variant: str, seed: int, root: Path, processes: Processes) -> Path:
+def execute_run(study: Study, variant: str, seed: int, root: Path, processes: Processes) -> Path:
     """Execute nbs/train.ipynb for one run in its own papermill process (so that runs can execute side by
     side); the executed notebook is saved as <run>/train.ipynb."""
     out = run_dir(study.name, variant, seed, root)
@@ -119,20 +123,20 @@ def _error_line(e: Exception) -> str:
 class Interrupted(KeyboardInterrupt):
     "The study was interrupted (Ctrl-C, SIGTERM): no new run started, the running ones were stopped."
 
-def default_jobs(study: Preset) -> int:
+def default_jobs(study: Study) -> int:
     """Runs a sweep executes at once: on a CPU, one per `threads` cores when the study fixes its runs'
     threads; otherwise (a GPU, or threads left to torch) one at a time."""
     threads = run_threads(study.train)
     return 1 if threads is None else max(1, len(os.sched_getaffinity(0)) // threads)
 
-def _finished(study: Preset, run: tuple[str, int], path: Path, data) -> RunOutcome | None:
+def _finished(study: Study, run: tuple[str, int], path: Path, data) -> RunOutcome | None:
     "'complete' if `path` holds this very run finished, 'failed' if it holds another, None if it is not finished."
     try:
         identity = plan_run(resolve_run(study, *run), data)[3]
         return RunOutcome(*run, str(path), 'complete') if finished_summary(path, identity) is not None else None
     except TrainingError as e: return RunOutcome(*run, str(path), 'failed', str(e))
 
-def sweep(study: Preset, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
+def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
           execute=execute_run, jobs: int | None = None, running=None) -> list[RunOutcome]:
     """Run every variant × seed of `study` (default: all it declares, each with its own seeds or else the study's)
     that is not complete, `jobs` at a time (None: `default_jobs`), the costliest first (training FLOPs, else FLOPs
@@ -184,7 +188,7 @@ def report_root() -> Path: return project_root() / 'report'
 class ReportRefused(RuntimeError):
     "The report cannot be rendered from these runs; the message says why and what to do."
 
-def _refusal_page(study: Preset, reason: str, audit: list[dict], preset_argument: str) -> str:
+def _refusal_page(study: Study, reason: str, audit: list[dict], preset_argument: str) -> str:
     "The page index.html becomes when a report is refused: why, each failed audit check, and what to do."
     e = html.escape
     failed = [(r['check'], r['values'] if isinstance(r['values'], list) else [r['values']]) for r in audit if not r['ok']]
@@ -199,7 +203,7 @@ def _refusal_page(study: Preset, reason: str, audit: list[dict], preset_argument
 
 def _digest(results: dict) -> str: return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
 
-def render_report(study: Preset, runs: Path | None = None, reports: Path | None = None,
+def render_report(study: Study, runs: Path | None = None, reports: Path | None = None,
                   failed: list[dict] | None = None, force: bool = False) -> tuple[Path, bool]:
     """Write results.json and render index.html for `study`; returns (report dir, whether it was rendered).
     `ReportRefused` (and a refusal page as index.html) when the runs cannot be reported."""
@@ -241,7 +245,7 @@ class TrainJob:
     """One run as a submitit job: the papermill command the local launcher runs. When the job is preempted or
     times out, submitit calls `checkpoint`, which stops the notebook and requeues the job: the run resumes
     from its last checkpoint."""
-    def __init__(self, study: Preset, variant: str, seed: int, root: Path):
+    def __init__(self, study: Study, variant: str, seed: int, root: Path):
         self.study, self.variant, self.seed, self.root = study, variant, seed, Path(root)
 
     def __call__(self) -> str:
@@ -260,7 +264,7 @@ class Jobs:
     def __init__(self, executor):
         self.executor, self._lock, self._jobs, self.stopped = executor, threading.Lock(), set(), False
 
-    def run(self, study: Preset, variant: str, seed: int, root: Path) -> Path:
+    def run(self, study: Study, variant: str, seed: int, root: Path) -> Path:
         "Submit the run as a job and wait for it to end; `RunFailed` with the job's error if it failed."
         with self._lock:
             if self.stopped: raise RunFailed("not submitted: the study was interrupted")
@@ -310,7 +314,7 @@ class Launcher:
         "Runs in flight at once: all of them on a cluster (Slurm schedules them), else the sweep's default."
         return 10_000 if self.kind == 'slurm' else None
 
-    def running(self, study: Preset, root: Path):
+    def running(self, study: Study, root: Path):
         "What the sweep stops on an interrupt: this machine's processes, or the submitted jobs."
         if self.kind == 'local': return Processes()
         try: import submitit
@@ -344,7 +348,7 @@ class StudyOutcome:
     @property
     def executed(self) -> list[RunOutcome]: return [r for r in self.runs if r.status == 'executed']
 
-def run_study(study: Preset, variants=None, seeds=None, runs: Path | None = None, reports: Path | None = None,
+def run_study(study: Study, variants=None, seeds=None, runs: Path | None = None, reports: Path | None = None,
               progress: bool = True, jobs: int | None = None, launcher: Launcher | None = None) -> StudyOutcome:
     """Sweep, then render the report (re-rendered only when something changed) once every run has ended. The runs
     execute on this machine, or as submitit jobs (`launcher`: local ones, or on a Slurm cluster)."""

@@ -3,7 +3,7 @@ import json, subprocess, sys
 
 import pytest
 
-from moe_study.config import PRESETS
+from moe_study.studies import STUDIES
 from moe_study.params import count_params, flops_per_token, variant_config
 
 
@@ -11,18 +11,18 @@ def cli(*args):
     return subprocess.run([sys.executable, '-m', 'moe_study', *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize('preset', list(PRESETS))
+@pytest.mark.parametrize('preset', list(STUDIES))
 def test_params_json_lists_every_declared_variant_matched_within_half_a_percent(preset):
     res = cli('params', '--preset', preset, '--json')
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert [r['variant'] for r in rows] == PRESETS[preset].variant_names
+    assert [r['variant'] for r in rows] == STUDIES[preset].variant_names
     for r in rows:
         cfg = variant_config(preset, r['variant'])
         c = count_params(cfg)
         assert (r['params_total'], r['params_active'], r['params_embedding']) == (c.total, c.active, c.embedding)
         assert r['flops_per_token'] == flops_per_token(cfg)
-        v = PRESETS[preset].variant(r['variant'])
+        v = STUDIES[preset].variant(r['variant'])
         assert r['matched_to'] == ('total' if v.activation_rate else v.match)
         assert r['matched_to'] is None or abs(r['residual_pct']) <= 0.5
 

@@ -3,7 +3,7 @@ graph, and the generated code computes what the eager model computes. Chapter 08
 MoE and capacity-limited MoE with the cheaper aot_eager backend; this compiles for real (about 30 s on 2 cores)."""
 import torch
 
-from moe_study.config import get_preset
+from moe_study.studies import get_preset
 from moe_study.model import Decoder
 from moe_study.trainer import compile_step, forward_backward, graph_breaks
 

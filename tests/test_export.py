@@ -8,7 +8,8 @@ import torch
 from moe_study.config import ModelConfig, config_from_dict
 from moe_study.data import load_data, val_batches
 from moe_study.model import Decoder
-from moe_study.trainer import load_checkpoint, train
+from moe_study.checkpoint import load_checkpoint
+from moe_study.trainer import train
 
 OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
 

@@ -8,11 +8,12 @@ import torch
 
 from moe_study.__main__ import main, parse_overrides
 from moe_study.analysis import load_runs
-from moe_study.config import get_preset, preset_to_dict, study_with
+from moe_study.studies import get_preset, study_to_dict, study_with
 from moe_study.fileio import exclusive
 from moe_study.stories import synthetic_stories
 from moe_study.study import ReportRefused, render_report
-from moe_study.trainer import read_metrics, state_digest
+from moe_study.trainer import read_metrics
+from moe_study.checkpoint import state_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERMILL = Path(sys.executable).parent / 'papermill'
@@ -123,7 +124,7 @@ def test_bad_input_to_other_commands_is_refused(case, tmp_path):
 
 
 def test_a_study_file_reusing_a_shipped_name_is_refused(tmp_path):
-    d = preset_to_dict(get_preset('smoke')); d['train']['lr'] = 0.1
+    d = study_to_dict(get_preset('smoke')); d['train']['lr'] = 0.1
     (tmp_path / 'smoke.json').write_text(json.dumps(d))
     code, _, err = cli('train', '--preset', tmp_path / 'smoke.json', '--variant', 'moe', '--runs-dir', tmp_path / 'runs')
     assert code == 2 and "differs from the shipped preset of that name; give it a name of its own" in err
@@ -315,7 +316,7 @@ def test_a_damaged_metrics_line_is_named(run_copy):
 def finished(tmp_path_factory):
     "A finished run of a study declared in a user's file: (study file, runs dir, run dir)."
     folder = tmp_path_factory.mktemp('mine')
-    d = preset_to_dict(TINY_STUDY); d.update(name='mine', base=None, overrides={})
+    d = study_to_dict(TINY_STUDY); d.update(name='mine', base=None, overrides={})
     (folder / 'mine.json').write_text(json.dumps(d))
     code, _, err = cli('train', '--preset', folder / 'mine.json', '--variant', 'moe', '--runs-dir', folder / 'runs', '--quiet')
     assert code == 0, err

@@ -100,7 +100,7 @@ def test_jobs_must_be_positive(tmp_path):
 def test_a_new_variant_is_one_declaration(tmp_path):
     "Declare an 8-expert MoE beside the reference: parameters, runs, analysis, figures and report pick it up."
     import dataclasses
-    from moe_study.config import Comparison, Variant, get_preset
+    from moe_study.studies import Comparison, Variant, get_preset
     from moe_study.params import variant_table
     from moe_study.study import run_study
     smoke = get_preset('smoke')
@@ -123,7 +123,7 @@ def test_a_new_variant_is_one_declaration(tmp_path):
 
 def test_a_one_variant_study_renders_without_gaps(tmp_path):
     import dataclasses
-    from moe_study.config import get_preset
+    from moe_study.studies import get_preset
     from moe_study.study import run_study
     smoke = get_preset('smoke')
     alone = dataclasses.replace(smoke, name='smoke_alone', variants=(smoke.variant('dense_active'),),
@@ -148,7 +148,8 @@ def render_in_process(study, tmp, seeds):
 
 def test_an_equal_resources_study_end_to_end(tmp_path):
     "A small strictly-equal-resources study: equal compute, reuse against fresh data, the rate sweep in the report."
-    from moe_study.config import ModelConfig, TrainConfig, equal_resources, get_preset
+    from moe_study.config import ModelConfig, TrainConfig
+    from moe_study.studies import equal_resources, get_preset
     smoke = get_preset('smoke')
     study = equal_resources('smoke_equal', "a smoke-sized equal-resources study",
                             ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=512, context_len=64),
@@ -178,7 +179,8 @@ def test_an_equal_resources_study_end_to_end(tmp_path):
 
 def test_an_isoflop_study_end_to_end(tmp_path):
     "A small IsoFLOP study: every run spends its budget; curves, optima and the law fit in the report."
-    from moe_study.config import ModelConfig, TrainConfig, get_preset, isoflop_sweep
+    from moe_study.config import ModelConfig, TrainConfig
+    from moe_study.studies import get_preset, isoflop_sweep
     study = isoflop_sweep('smoke_iso', "a smoke-sized IsoFLOP study",
                           ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=2, d_ff=64, context_len=64,
                                       ffn='moe', n_experts=4, top_k=2, d_expert=32),

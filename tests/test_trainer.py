@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_study.config import study_with
+from moe_study.studies import study_with
 from moe_study.model import Decoder
-from moe_study.trainer import TrainingError, read_metrics, train
+from moe_study.checkpoint import TrainingError
+from moe_study.trainer import read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERMILL = Path(sys.executable).parent / 'papermill'
@@ -75,7 +76,7 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, referenc
 def test_resume_with_another_config_is_refused(tmp_path):
     # a declaration edited between two sessions: same study name, another recipe
     import dataclasses
-    from moe_study.config import get_preset
+    from moe_study.studies import get_preset
     smoke = get_preset('smoke')
     out = tmp_path / 'run'
     assert train(smoke, 'moe', 0, out_dir=out, progress=False, until=10) is None
