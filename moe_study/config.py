@@ -4,21 +4,31 @@
 
 # %% ../nbs/00_config.ipynb #dc1872af
 from __future__ import annotations
-import dataclasses, importlib, math
+import dataclasses, importlib, math, os
 from dataclasses import dataclass, field
 from typing import Any
 
 # %% auto #0
-__all__ = ['FFN_BLOCKS', 'ROUTERS', 'ROUTER_LOSSES', 'CORPUS_SOURCES', 'positive_int', 'optional_positive_int', 'MAX_SEED',
-           'MAX_THREADS', 'DERIVED_FIELDS', 'DEVICES', 'DTYPES', 'ADDED_FIELDS', 'RENAMED_BUDGETS', 'ConfigError',
-           'Registry', 'Checks', 'valid_seed', 'check_seeds', 'ModelConfig', 'config_from_dict', 'DataConfig',
-           'TrainConfig', 'upgrade_identity']
+__all__ = ['PLUGINS_ENV', 'FFN_BLOCKS', 'ROUTERS', 'ROUTER_LOSSES', 'CORPUS_SOURCES', 'positive_int', 'optional_positive_int',
+           'MAX_SEED', 'MAX_THREADS', 'DERIVED_FIELDS', 'DEVICES', 'DTYPES', 'ADDED_FIELDS', 'RENAMED_BUDGETS',
+           'ConfigError', 'import_plugins', 'Registry', 'Checks', 'valid_seed', 'check_seeds', 'ModelConfig',
+           'config_from_dict', 'DataConfig', 'TrainConfig', 'upgrade_identity']
 
 # %% ../nbs/00_config.ipynb #e40410b7
 class ConfigError(ValueError):
     "A configuration value is out of range; the message names each bad field, its value and the allowed range."
 
 # %% ../nbs/00_config.ipynb #4ad1b105
+PLUGINS_ENV = 'MOE_STUDY_PLUGINS'      # comma-separated modules that register pieces of a user's own
+
+def import_plugins() -> None:
+    "Import the modules named in $MOE_STUDY_PLUGINS (each registers its pieces on import), so that every process sees them."
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, '').split(','))):
+        try: importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"{PLUGINS_ENV} names the module {name!r}, which cannot be imported ({e}); put its folder on "
+                              f"PYTHONPATH, or remove it from {PLUGINS_ENV}") from None
+
 class Registry:
     "The pieces of one kind by name; `home` is the module whose import registers the built-in ones."
     def __init__(self, kind: str, home: str): self.kind, self.home, self._pieces, self._words = kind, home, {}, {}
@@ -37,6 +47,7 @@ class Registry:
 
     def _all(self) -> dict:
         importlib.import_module(self.home)
+        import_plugins()
         return self._pieces
 
     def names(self) -> tuple[str, ...]: return tuple(self._all())

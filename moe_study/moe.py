@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .config import FFN_BLOCKS, ModelConfig, ROUTERS
+from .config import FFN_BLOCKS, ROUTER_LOSSES, ROUTERS, ModelConfig
 from .router import expert_counts, pack_stats, router_losses, routing_stats, stat_sizes, unpack_stats
 
 # %% auto #0
@@ -140,12 +140,12 @@ class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_experts, self.top_k, self.capacity_factor = cfg.n_experts, cfg.top_k, cfg.capacity_factor
-        self.loss_names = tuple(cfg.router_losses)
+        self.losses = {name: ROUTER_LOSSES[name] for name in cfg.router_losses}    # looked up here, not per step
         self.router = ROUTERS[cfg.router](cfg)
         self.experts = Experts(cfg.n_experts, cfg.d_model, cfg.d_expert)
         # n shared experts of width d_e are one SwiGLU of width n·d_e: the down projection sums their outputs
         self.shared_experts = SwiGLU(cfg.d_model, cfg.n_shared_experts * cfg.d_expert) if cfg.n_shared_experts else None
-        self.stat_sizes = stat_sizes(cfg.n_experts, self.loss_names)
+        self.stat_sizes = stat_sizes(cfg.n_experts, self.losses)
         self.register_buffer('routing_state', torch.zeros(sum(self.stat_sizes.values())), persistent=False)
         self.register_load_state_dict_pre_hook(_upgrade_state)
 
@@ -166,7 +166,7 @@ class MoE(nn.Module):
         y = y_sorted.new_zeros(x.shape[0], shape[-1]).index_add_(0, token, y_sorted)
         if self.shared_experts is not None: y = y + self.shared_experts(x)[0]
 
-        losses = router_losses(r, self.loss_names, global_batch=self.training)
+        losses = router_losses(r, self.losses, global_batch=self.training)
         with torch.no_grad(): self.routing_state.copy_(pack_stats({**routing_stats(r, counts), **losses}))
         return y.view(shape), losses
 
@@ -175,9 +175,12 @@ class MoE(nn.Module):
         return unpack_stats(self.routing_state, self.stat_sizes)
 
 # %% ../nbs/04_moe.ipynb #9ee725e3
-FFN_BLOCKS.register('dense', lambda cfg: SwiGLU(cfg.d_model, cfg.d_ff))
-FFN_BLOCKS.register('moe', MoE)
-
 def build_ffn(cfg: ModelConfig, layer: int = 0) -> nn.Module:
     "The feed-forward block of layer `layer` (the first `n_dense_layers` stay dense)."
     return FFN_BLOCKS['dense' if layer < cfg.n_dense_layers else cfg.ffn](cfg)
+
+# %% ../nbs/04_moe.ipynb #6f004299
+#| eval: false
+# registered by the package's module; a notebook run keeps the package's pieces (its own copies die with the kernel)
+FFN_BLOCKS.register('dense', lambda cfg: SwiGLU(cfg.d_model, cfg.d_ff))
+FFN_BLOCKS.register('moe', MoE)

@@ -52,7 +52,6 @@ def rank_mean(t: torch.Tensor) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return t
     return funcol.all_reduce(t, 'sum', dist.group.WORLD) / dist.get_world_size()      # autograd: the sum of gradients
 
-@ROUTER_LOSSES.register('lb', words='the Switch load-balancing loss')
 def load_balance_loss(*, probs: torch.Tensor, expert_idx: torch.Tensor, global_batch: bool = False, **_) -> torch.Tensor:
     """Switch load-balance loss E · Σ_i f_i · P_i: 1.0 when balanced, E when top-1 routing collapses on one expert.
     With `global_batch`, f and P are those of the whole batch split over data-parallel ranks."""
@@ -61,14 +60,19 @@ def load_balance_loss(*, probs: torch.Tensor, expert_idx: torch.Tensor, global_b
     if global_batch: f, P = rank_mean(f), rank_mean(P)
     return n_experts * (f * P).sum()
 
-@ROUTER_LOSSES.register('z', words='the router z-loss')
 def router_z_loss(*, logits: torch.Tensor, **_) -> torch.Tensor:
     "ST-MoE z-loss: the mean over tokens of logsumexp(logits)²."
     return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
 
-def router_losses(r: Routing, names, global_batch: bool = False) -> dict[str, torch.Tensor]:
-    "Each registered router loss in `names`, on the routing decision `r`."
-    return {name: ROUTER_LOSSES[name](**r._asdict(), global_batch=global_batch) for name in names}
+def router_losses(r: Routing, losses: dict, global_batch: bool = False) -> dict[str, torch.Tensor]:
+    "Each router loss in `losses` ({name: function}, looked up once when a layer is built), on the routing decision `r`."
+    return {name: loss(**r._asdict(), global_batch=global_batch) for name, loss in losses.items()}
+
+# %% ../nbs/03a_router.ipynb #b5e52817
+#| eval: false
+# registered by the package's module; a notebook run keeps the package's pieces (its own copies die with the kernel)
+ROUTER_LOSSES.register('lb', load_balance_loss, words='the Switch load-balancing loss')
+ROUTER_LOSSES.register('z', router_z_loss, words='the router z-loss')
 
 # %% ../nbs/03a_router.ipynb #6c6240bb
 def sign_rule_update(bias: torch.Tensor, counts: torch.Tensor, rate: float) -> torch.Tensor:
@@ -130,6 +134,9 @@ class AuxFreeRouter(TopKRouter):
                     "Mixtral has no place for it")
         return None
 
+# %% ../nbs/03a_router.ipynb #2151e2e6
+#| eval: false
+# registered by the package's module; a notebook run keeps the package's pieces (its own copies die with the kernel)
 ROUTERS.register('topk', TopKRouter, words='top-k routing')
 ROUTERS.register('aux_free', AuxFreeRouter, words="aux-loss-free balancing (DeepSeek-V3's per-expert selection bias)")
 

@@ -191,7 +191,7 @@ def test_an_isoflop_study_end_to_end(tmp_path):
     for v in study.variants:
         c = json.loads((tmp_path / 'runs' / 'smoke_iso' / v.name / 'seed0' / 'config.json').read_text())
         assert abs(c['train_flops'] / v.budget_flops - 1) <= 0.02, v.name
-        assert c['identity']['budget'] == {'rule': 'flops', 'budget_flops': v.budget_flops}
+        assert c['identity']['budget'] == {'rule': 'fixed_flops', 'budget_flops': v.budget_flops}
     report = tmp_path / 'report' / 'smoke_iso'
     assert (report / 'isoflop_curves.png').exists() and (report / 'isoflop_optima.png').exists()
     assert (report / 'isoflop_law.png').exists()
