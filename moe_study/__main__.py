@@ -19,7 +19,7 @@ from .bench import benchmark, format_benchmark
 from .checkpoint import TrainingError
 from .identity import run_dir
 from .trainer import train
-from .study import LAUNCHERS, Launcher, run_study
+from .sweep import LAUNCHERS, Launcher, run_study
 
 # %% auto #0
 __all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'study_from_args', 'add_params_command', 'run_params',

@@ -52,6 +52,8 @@ def expert_capacity(capacity_factor: float | None, n_tokens: int, top_k: int, n_
     return None if capacity_factor is None else math.ceil(capacity_factor * n_tokens * top_k / n_experts)
 
 # %% ../nbs/04_moe.ipynb #d92dcf6f
+#| eval: false
+# a custom op is registered once per process: by the package (the notebook imports it above)
 @torch.library.custom_op('moe_study::grouped_linear', mutates_args=())
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     "x (M, K) and weight (E, N, K): rows [offsets[e-1], offsets[e]) of x times weight[e].T, as (M, N)."

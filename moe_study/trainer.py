@@ -207,6 +207,7 @@ def _kept(ckpt_step: int | None, ckpt_path: Path) -> str:
     if ckpt_step is None: return "no checkpoint was written, so a rerun starts from step 0"
     return f"the checkpoint of step {ckpt_step} ({ckpt_path}) is kept and finite"
 
+# %% ../nbs/08_trainer.ipynb #640c704c
 def validate(model, data, spec: RunSpec, seq_len: int, step: int, steps: int, best: dict | None, writer: RunWriter,
              device, dtype) -> dict:
     "Evaluate at `step` and record it; keep the per-sequence losses of a new best and of the last step. Returns the best."
@@ -235,6 +236,7 @@ def train_record(model: Decoder, o: DecoderOutput, grad_norm: torch.Tensor, step
     if routing: rec['routing'] = routing
     return rec
 
+# %% ../nbs/08_trainer.ipynb #05f616d4
 def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: int | None, w: World = World()) -> dict | None:
     "The training loop of `train`; under torchrun each rank runs it on its slice of every batch, and rank 0 writes."
     cfg = spec.train

@@ -11,7 +11,7 @@ from moe_study.analysis import load_runs
 from moe_study.studies import get_preset, study_to_dict, study_with
 from moe_study.fileio import exclusive
 from moe_study.stories import synthetic_stories
-from moe_study.study import ReportRefused, render_report
+from moe_study.sweep import ReportRefused, render_report
 from moe_study.trainer import read_metrics
 from moe_study.checkpoint import state_digest
 

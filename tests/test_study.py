@@ -102,7 +102,7 @@ def test_a_new_variant_is_one_declaration(tmp_path):
     import dataclasses
     from moe_study.studies import Comparison, Variant, get_preset
     from moe_study.params import variant_table
-    from moe_study.study import run_study
+    from moe_study.sweep import run_study
     smoke = get_preset('smoke')
     study = dataclasses.replace(
         smoke, name='smoke_e8', variants=(smoke.variant('moe'), Variant('e8', "8 experts, top-2", {'n_experts': 8})),
@@ -124,7 +124,7 @@ def test_a_new_variant_is_one_declaration(tmp_path):
 def test_a_one_variant_study_renders_without_gaps(tmp_path):
     import dataclasses
     from moe_study.studies import get_preset
-    from moe_study.study import run_study
+    from moe_study.sweep import run_study
     smoke = get_preset('smoke')
     alone = dataclasses.replace(smoke, name='smoke_alone', variants=(smoke.variant('dense_active'),),
                                 comparisons=(), published={})
@@ -138,7 +138,7 @@ def test_a_one_variant_study_renders_without_gaps(tmp_path):
 
 def render_in_process(study, tmp, seeds):
     "Train every run in this process (papermill's path is tested above), then render the report."
-    from moe_study.study import render_report
+    from moe_study.sweep import render_report
     from moe_study.trainer import train
     for v in study.variant_names:
         for seed in seeds:
