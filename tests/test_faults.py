@@ -78,7 +78,7 @@ BAD_TRAIN_INPUT = {
     'top_k above experts': (['--set', 'model.top_k=9'], "top_k=9: must be between 1 and n_experts=4"),
     'width not divisible': (['--set', 'model.d_model=30'], "d_model=30: must be divisible by n_heads"),
     'infinite z-loss': (['--set', 'model.router_losses={"lb": 0.01, "z": Infinity}'], "to finite coefficients >= 0"),
-    'unknown router': (['--set', 'model.router=soft'], "router='soft': must be one of ('topk', 'aux_free')"),
+    'unknown router': (['--set', 'model.router=soft'], "router='soft': must be one of ('topk', 'aux_free'"),     # and any router a plugin registered
     'unknown field': (['--set', 'max_stepz=3'], "unknown TrainConfig field(s) ['max_stepz']"),
     'unknown section': (['--set', 'optim.lr=3'], "name a field as model.FIELD, data.FIELD or train.FIELD"),
     'no equals sign': (['--set', 'max_steps'], "expected FIELD=VALUE"),
