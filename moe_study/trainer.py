@@ -180,6 +180,8 @@ class LauncherWatch:
     @property
     def gone(self) -> bool: return self._gone.is_set()
     def stop(self) -> None: self._stop.set()
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.stop()
 
 # %% ../nbs/08_trainer.ipynb #7481da98
 def train(preset: Study | str, variant: str, seed: int = 0, *, data: str | None = None, overrides: dict | None = None,
@@ -262,14 +264,13 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
     step_model = torch.compile(parallel) if cfg.compile else parallel
     flops_tok, tokens_step = flops_per_token(spec.model), cfg.batch_size * seq_len
     rows = slice(w.rank * cfg.batch_size // w.size, (w.rank + 1) * cfg.batch_size // w.size)   # this rank's slice
-    watch = LauncherWatch()
 
     model.train()
     bar = tqdm(total=steps, initial=start, desc=f"{spec.preset.name}/{spec.variant}/seed{spec.seed}", unit='step',
                disable=not progress, mininterval=1.0)
     run_start = time.perf_counter() - elapsed
     t_last, step_last = time.perf_counter(), start
-    with writer.open(start if ckpt_step is not None else None), naming(writer.metrics), bar:
+    with writer.open(start if ckpt_step is not None else None), naming(writer.metrics), bar, LauncherWatch() as watch:
         if start == 0: best = validate(model, data, spec, seq_len, 0, steps, best, writer, device, dtype)
         for step in range(start, stop):
             if watch.gone:                        # a study killed with -9 leaves no orphan training on
@@ -300,7 +301,6 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
                                         "lower the learning rate or raise warmup_steps") from None
                 ckpt_step = done
             bar.update(1)
-    watch.stop()
     if stop < steps or not w.main: return None
 
     final = read_metrics(out)[-1]
