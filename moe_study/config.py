@@ -10,8 +10,8 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['PLUGINS_ENV', 'FFN_BLOCKS', 'ROUTERS', 'ROUTER_LOSSES', 'CORPUS_SOURCES', 'positive_int', 'optional_positive_int',
-           'MAX_SEED', 'MAX_THREADS', 'DERIVED_FIELDS', 'DEVICES', 'DTYPES', 'ADDED_FIELDS', 'RENAMED_BUDGETS',
-           'ConfigError', 'import_plugins', 'Registry', 'Checks', 'valid_seed', 'check_seeds', 'ModelConfig',
+           'MAX_SEED', 'MAX_THREADS', 'DERIVED_FIELDS', 'DEVICES', 'DTYPES', 'ADDED_FIELDS', 'RENAMED_BUDGETS', 'MOVED',
+           'RENAMED', 'ConfigError', 'import_plugins', 'Registry', 'Checks', 'valid_seed', 'check_seeds', 'ModelConfig',
            'config_from_dict', 'DataConfig', 'TrainConfig', 'upgrade_identity']
 
 # %% ../nbs/00_config.ipynb #e40410b7
@@ -280,3 +280,17 @@ def upgrade_identity(identity: dict) -> dict:
     if isinstance(out.get('budget'), dict) and out['budget'].get('rule') in RENAMED_BUDGETS:
         out['budget'] = {**out['budget'], 'rule': RENAMED_BUDGETS[out['budget']['rule']]}
     return out
+
+# %% ../nbs/00_config.ipynb #8540e71b
+MOVED = {'Variant': 'studies', 'Comparison': 'studies', 'Study': 'studies', 'STUDIES': 'studies', 'get_preset': 'studies',
+         'study_with': 'studies', 'study_to_dict': 'studies', 'study_from_dict': 'studies', 'equal_resources': 'studies',
+         'isoflop_sweep': 'studies', 'dense_vs_moe': 'studies', 'project_root': 'fileio', 'cache_root': 'fileio'}
+RENAMED = {'Preset': 'Study', 'PRESETS': 'STUDIES', 'preset_to_dict': 'study_to_dict', 'preset_from_dict': 'study_from_dict'}
+
+def __getattr__(name: str):
+    "A name that moved to another module (or was renamed), with a warning that says where it lives now."
+    new = RENAMED.get(name, name)
+    if new not in MOVED: raise AttributeError(f"module 'moe_study.config' has no attribute {name!r}")
+    import warnings
+    warnings.warn(f"moe_study.config.{name} is now moe_study.{MOVED[new]}.{new}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(f"moe_study.{MOVED[new]}"), new)
