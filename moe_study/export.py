@@ -12,7 +12,6 @@ from .fileio import cache_root
 from .data import EOS_ID, load_tokenizer
 from .checkpoint import load_checkpoint
 from .model import Decoder
-from .moe import MoE
 
 # %% auto #0
 __all__ = ['export_refusals', 'export_dropped', 'hf_config', 'hf_state_dict', 'hf_tokenizer', 'run_tokenizer_file', 'export_run']
@@ -29,8 +28,8 @@ def export_refusals(model: Decoder) -> list[str]:
     if cfg.n_dense_layers: why.append(f"n_dense_layers={cfg.n_dense_layers}: Mixtral routes every layer")
     if not cfg.renormalize:
         why.append("renormalize=False: Mixtral always renormalises the kept experts' probabilities to sum to 1")
-    routers = [(i, layer.mlp.router.export_refusal()) for i, layer in enumerate(model.layers) if isinstance(layer.mlp, MoE)]
-    why += [f"layer {i}'s router: {refusal}" for i, refusal in routers if refusal][:1]
+    refusals = [(i, moe.router.export_refusal()) for i, moe in enumerate(model.moe_layers())]
+    why += [f"layer {i}'s router: {refusal}" for i, refusal in refusals if refusal][:1]
     return why
 
 def export_dropped(cfg: ModelConfig) -> list[str]:

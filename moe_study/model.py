@@ -146,7 +146,8 @@ class Decoder(nn.Module):
         return sum(coef * router_losses[name] for name, coef in self.cfg.router_losses.items())
 
     def moe_layers(self) -> list[MoE]:
-        return [layer.mlp for layer in self.layers if isinstance(layer.mlp, MoE)]
+        "The feed-forward blocks that route (those with a `router`), whichever class built them."
+        return [layer.mlp for layer in self.layers if getattr(layer.mlp, 'router', None) is not None]
 
     def routing_diagnostics(self) -> list[dict]:
         "Per MoE layer, the routing statistics of the last forward pass (empty for a dense model)."
