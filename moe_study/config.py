@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # %% auto #0
-__all__ = ['PLUGINS_ENV', 'FFN_BLOCKS', 'ROUTERS', 'ROUTER_LOSSES', 'CORPUS_SOURCES', 'positive_int', 'optional_positive_int',
-           'MAX_SEED', 'MAX_THREADS', 'DERIVED_FIELDS', 'DEVICES', 'DTYPES', 'ADDED_FIELDS', 'RENAMED_BUDGETS', 'MOVED',
-           'RENAMED', 'ConfigError', 'import_plugins', 'Registry', 'Checks', 'valid_seed', 'check_seeds', 'ModelConfig',
-           'config_from_dict', 'DataConfig', 'TrainConfig', 'upgrade_identity']
+__all__ = ['PLUGINS_ENV', 'FFN_BLOCKS', 'ROUTERS', 'ROUTER_LOSSES', 'CORPUS_SOURCES', 'MATCH_TARGETS', 'positive_int',
+           'optional_positive_int', 'MAX_SEED', 'MAX_THREADS', 'DERIVED_FIELDS', 'DEVICES', 'DTYPES', 'ADDED_FIELDS',
+           'RENAMED_BUDGETS', 'MOVED', 'RENAMED', 'ConfigError', 'import_plugins', 'Registry', 'Checks', 'valid_seed',
+           'check_seeds', 'ModelConfig', 'config_from_dict', 'DataConfig', 'TrainConfig', 'upgrade_identity']
 
 # %% ../nbs/00_config.ipynb #e40410b7
 class ConfigError(ValueError):
@@ -61,6 +61,7 @@ FFN_BLOCKS = Registry('feed-forward block', 'moe_study.moe')      # chapter 04
 ROUTERS = Registry('router', 'moe_study.router')                  # chapter 03a
 ROUTER_LOSSES = Registry('router loss', 'moe_study.router')       # chapter 03a
 CORPUS_SOURCES = Registry('corpus source', 'moe_study.data')      # chapter 03
+MATCH_TARGETS = Registry('match target', 'moe_study.params')      # chapter 06: what a dense baseline is matched to
 
 # %% ../nbs/00_config.ipynb #08e2a0ec
 def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)

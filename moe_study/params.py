@@ -6,16 +6,15 @@
 from __future__ import annotations
 import math
 from dataclasses import dataclass
-from typing import Callable
 import torch
-from .config import ConfigError, ModelConfig
-from .studies import Study, get_preset
+from typing import TYPE_CHECKING
+from .config import MATCH_TARGETS, ConfigError, ModelConfig
+if TYPE_CHECKING: from moe_study.studies import Study
 
 # %% auto #0
-__all__ = ['MATCH_QUANTITIES', 'MAX_EXPERTS', 'ParamCounts', 'count_params', 'count_module_params', 'meta_decoder',
-           'flops_per_token', 'Match', 'match_dense', 'match_activation_rate', 'variant_match', 'split_experts',
-           'variant_config', 'Sized', 'size_for_budget', 'Budget', 'run_budget', 'variant_row', 'variant_table',
-           'format_param_table']
+__all__ = ['MAX_EXPERTS', 'ParamCounts', 'count_params', 'count_module_params', 'meta_decoder', 'flops_per_token', 'Match',
+           'match_dense', 'match_activation_rate', 'variant_match', 'split_experts', 'variant_config', 'Sized',
+           'size_for_budget', 'Budget', 'run_budget', 'variant_row', 'variant_table', 'format_param_table']
 
 # %% ../nbs/06_params.ipynb #6f0b05f4
 @dataclass(frozen=True)
@@ -73,12 +72,19 @@ def flops_per_token(cfg: ModelConfig) -> int:
     matmul_params = c.active_nonembedding + cfg.vocab_size * cfg.d_model
     return 6 * matmul_params + 12 * cfg.n_layers * cfg.d_model * cfg.context_len
 
-# %% ../nbs/06_params.ipynb #c2d430ef
-MATCH_QUANTITIES: dict[str, Callable[[ParamCounts], int]] = {
-    'active': lambda c: c.active_nonembedding,
-    'total': lambda c: c.total_nonembedding,
-}
+# %% ../nbs/06_params.ipynb #2143c0d6
+#| eval: false
+# registered by the package's module; a notebook run keeps the package's pieces (its own copies die with the kernel)
+MATCH_TARGETS.register('active', lambda c: c.active_nonembedding)     # ParamCounts -> the count matched
+MATCH_TARGETS.register('total', lambda c: c.total_nonembedding)
 
+# %% ../nbs/06_params.ipynb #1bdeb63c
+def _study(preset: Study | str) -> Study:
+    "The study `preset` names; imported here, not above: the shipped studies import this module to check their match targets."
+    from moe_study.studies import get_preset
+    return get_preset(preset)
+
+# %% ../nbs/06_params.ipynb #c2d430ef
 @dataclass(frozen=True)
 class Match:
     "A dense config matched to a reference, with what was matched and how well."
@@ -104,11 +110,9 @@ def _grid_step(ref: ModelConfig, resize: str, multiple: int) -> int:
 
 def match_dense(ref: ModelConfig, target: str, resize: str = 'ffn', multiple: int = 8) -> Match:
     "The dense config derived from the MoE `ref` whose `target` ('active'|'total') count is closest to ref's."
-    if target not in MATCH_QUANTITIES:
-        raise ConfigError(f"unknown match target {target!r}; valid targets: {', '.join(MATCH_QUANTITIES)}")
     if resize not in ('ffn', 'width'):
         raise ConfigError(f"unknown resize {resize!r}; valid: ffn, width")
-    quantity = MATCH_QUANTITIES[target]
+    quantity = MATCH_TARGETS[target]
     goal = quantity(count_params(ref))
     step = _grid_step(ref, resize, multiple)
     best, size = None, step
@@ -163,7 +167,7 @@ def match_activation_rate(ref: ModelConfig, rate: float, overrides: dict | None 
 # %% ../nbs/06_params.ipynb #ed1a4219
 def variant_match(preset: Study | str, variant: str) -> Match | None:
     "The solver's match for a matched variant (a dense match, or an MoE at a rate) of `preset`; None for one that is not."
-    preset = get_preset(preset)
+    preset = _study(preset)
     v = preset.variant(variant)
     if v.activation_rate is not None:
         return match_activation_rate(preset.model, v.activation_rate, v.overrides, preset.match_multiple)
@@ -181,7 +185,7 @@ def split_experts(cfg: ModelConfig, granularity: int) -> ModelConfig:
 def variant_config(preset: Study | str, variant: str) -> ModelConfig:
     """The model config of `variant` in `preset`: the reference with its overrides, then matched if it is matched
     (or sized for its FLOPs budget), its experts split by its granularity."""
-    preset = get_preset(preset)
+    preset = _study(preset)
     v = preset.variant(variant)
     if v.tokens_per_param is not None: return size_for_budget(preset, variant).config
     m = variant_match(preset, variant)
@@ -202,7 +206,7 @@ def _at_width(ref: ModelConfig, d: int, multiple: int) -> ModelConfig:
 
 def size_for_budget(preset: Study | str, variant: str, max_width: int = 4096) -> Sized:
     "The width at which `variant`'s FLOPs budget buys the declared tokens per active parameter (closest in log)."
-    preset = get_preset(preset)
+    preset = _study(preset)
     v, t = preset.variant(variant), preset.train
     base = preset.model.replace(**v.overrides)
     step = math.lcm(preset.match_multiple, 2 * base.n_heads)
@@ -237,7 +241,7 @@ class Budget:
 def run_budget(preset: Study | str, variant: str, split_windows: int | None = None) -> Budget:
     """The budget of `variant` in `preset`; `split_windows` (the training split's windows of seq_len + 1 tokens)
     is needed only when the recipe counts epochs or uses the whole split."""
-    preset = get_preset(preset)
+    preset = _study(preset)
     v, t, cfg = preset.variant(variant), preset.train, variant_config(preset, variant)
     seq_len = t.seq_len or cfg.context_len
     shared_pool = t.unique_tokens // seq_len if t.unique_tokens else None
@@ -257,7 +261,7 @@ def run_budget(preset: Study | str, variant: str, split_windows: int | None = No
 # %% ../nbs/06_params.ipynb #1e51dfec
 def variant_row(preset: Study | str, variant: str) -> dict:
     "One variant's sizes: the keys of `python -m moe_study params --json`."
-    preset = get_preset(preset)
+    preset = _study(preset)
     cfg, m, b = variant_config(preset, variant), variant_match(preset, variant), run_budget(preset, variant)
     c, moe = count_params(cfg), cfg.is_moe
     return {'variant': variant, 'rule': preset.variant(variant).rule, 'ffn': cfg.ffn,
@@ -277,7 +281,7 @@ def variant_row(preset: Study | str, variant: str) -> dict:
 
 def variant_table(preset: Study | str, variants: list[str] | None = None) -> list[dict]:
     "`variant_row` of each of `variants` (default: every declared variant, in declaration order)."
-    preset = get_preset(preset)
+    preset = _study(preset)
     return [variant_row(preset, v) for v in (variants or preset.variant_names)]
 
 # %% ../nbs/06_params.ipynb #5bdad3a9

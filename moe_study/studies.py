@@ -7,20 +7,19 @@ from __future__ import annotations
 import dataclasses, hashlib, json, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
-from .config import (MAX_SEED, RENAMED_BUDGETS, Checks, ConfigError, DataConfig, ModelConfig, TrainConfig,
+from .config import (MATCH_TARGETS, MAX_SEED, RENAMED_BUDGETS, Checks, ConfigError, DataConfig, ModelConfig, TrainConfig,
                               _is_number, _upgrade_router, config_from_dict, positive_int, valid_seed)
 
 # %% auto #0
-__all__ = ['MATCH_TARGETS', 'MATCH_RESIZE', 'BUDGETS', 'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS', 'EQUAL_MOE',
-           'EQUAL_RATES', 'EQUAL_CPU_TRAIN', 'ISOFLOP', 'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY',
-           'SEED_STUDY_SOURCE', 'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN',
-           'CPU_DESIGN_SEARCH', 'ABLATIONS', 'ISOFLOP_REFERENCE', 'ISOFLOP_CPU_TRAIN', 'ISOFLOP_EXPERTS',
-           'ISOFLOP_RATIOS', 'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN', 'STORIES_GPU_DATA', 'STUDIES', 'OVERRIDE_SECTIONS',
-           'Variant', 'Comparison', 'Study', 'equal_resources', 'isoflop_sweep', 'dense_vs_moe', 'study_to_dict',
+__all__ = ['MATCH_RESIZE', 'BUDGETS', 'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS', 'EQUAL_MOE', 'EQUAL_RATES',
+           'EQUAL_CPU_TRAIN', 'ISOFLOP', 'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY', 'SEED_STUDY_SOURCE',
+           'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN', 'CPU_DESIGN_SEARCH',
+           'ABLATIONS', 'ISOFLOP_REFERENCE', 'ISOFLOP_CPU_TRAIN', 'ISOFLOP_EXPERTS', 'ISOFLOP_RATIOS',
+           'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN', 'STORIES_GPU_DATA', 'STUDIES', 'OVERRIDE_SECTIONS', 'Variant',
+           'Comparison', 'Study', 'equal_resources', 'isoflop_sweep', 'dense_vs_moe', 'study_to_dict',
            'study_from_dict', 'get_preset', 'study_with']
 
 # %% ../nbs/00a_studies.ipynb #fc0f7955
-MATCH_TARGETS = ('active', 'total')
 MATCH_RESIZE = ('ffn', 'width')
 BUDGETS = ('tokens', 'reference_flops', 'fixed_flops')
 _NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')      # names become directory names
@@ -49,7 +48,7 @@ class Variant:
         fields = [f.name for f in dataclasses.fields(ModelConfig)]
         c.need(isinstance(self.overrides, dict) and set(self.overrides) <= set(fields), 'overrides',
                f"must map ModelConfig fields to values; valid fields: {', '.join(fields)}")
-        c.need(self.match is None or self.match in MATCH_TARGETS, 'match', f"must be None or one of {MATCH_TARGETS}")
+        c.need(self.match is None or self.match in MATCH_TARGETS, 'match', f"must be None or one of {MATCH_TARGETS.names()}")
         c.need(self.resize in MATCH_RESIZE, 'resize', f"must be one of {MATCH_RESIZE}")
         c.need(self.budget in BUDGETS, 'budget', f"must be one of {BUDGETS}")
         c.need((self.budget == 'fixed_flops') == (self.budget_flops is not None), 'budget_flops',
