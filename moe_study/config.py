@@ -33,10 +33,8 @@ class Registry:
     "The pieces of one kind by name; `home` is the module whose import registers the built-in ones."
     def __init__(self, kind: str, home: str): self.kind, self.home, self._pieces, self._words = kind, home, {}, {}
 
-    def register(self, name: str, piece=None, words: str | None = None):
-        """Register `piece` as `name`, described in reports by `words` (default: the name); a later registration of
-        the name replaces it. Without `piece`, a decorator."""
-        if piece is None: return lambda p: self.register(name, p, words)
+    def register(self, name: str, piece, words: str | None = None):
+        "Register `piece` as `name`, described in reports by `words` (default: the name); a later registration replaces it."
         self._pieces[name], self._words[name] = piece, words or f"`{name}`"
         return piece
 

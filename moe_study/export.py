@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util, json, os, shutil
 from pathlib import Path
 import torch
-from .config import ConfigError, ModelConfig, config_from_dict, upgrade_identity
+from .config import ROUTERS, ConfigError, ModelConfig, config_from_dict, upgrade_identity
 from .fileio import cache_root
 from .data import EOS_ID, load_tokenizer
 from .checkpoint import load_checkpoint
@@ -36,7 +36,8 @@ def export_dropped(cfg: ModelConfig) -> list[str]:
     "What of `cfg` only matters in training and a transformers model does not keep."
     if not cfg.is_moe: return []
     losses = [f"router loss {n!r} (×{c:g})" for n, c in cfg.router_losses.items() if n != 'lb']
-    return losses + ([f"the {cfg.router!r} router's balancing state (bias_update_rate)"] if cfg.router != 'topk' else [])
+    state = ROUTERS[cfg.router].training_only
+    return losses + ([f"the {cfg.router!r} router's balancing state ({', '.join(state)})"] if state else [])
 
 # %% ../nbs/14_export.ipynb #f72ffec9
 def hf_config(cfg: ModelConfig):

@@ -105,6 +105,13 @@ class TopKRouter(nn.Module):
         "Why transformers' Mixtral router cannot stand in for this one (None: it can)."
         return None
 
+    training_only: tuple[str, ...] = ()     # ModelConfig fields that act only in training (export drops them)
+
+    @classmethod
+    def details(cls, cfg: ModelConfig) -> str:
+        "What a report adds to the router's registered words for `cfg` ('' for nothing)."
+        return ''
+
 class AuxFreeRouter(TopKRouter):
     "The top-k router with DeepSeek-V3's auxiliary-loss-free selection bias, moved by the sign rule after each step."
     def __init__(self, cfg: ModelConfig):
@@ -133,6 +140,11 @@ class AuxFreeRouter(TopKRouter):
             return ("an aux-loss-free selection bias that is not uniform: it changes which experts are picked, and "
                     "Mixtral has no place for it")
         return None
+
+    training_only = ('bias_update_rate',)
+
+    @classmethod
+    def details(cls, cfg: ModelConfig) -> str: return f", moved by ±{cfg.bias_update_rate:g} a step"
 
 # %% ../nbs/03a_router.ipynb #2151e2e6
 #| eval: false
@@ -177,7 +189,7 @@ def describe_router(m: ModelConfig, top_k: str | None = None) -> str:
     watched = [ROUTER_LOSSES.words(n) for n, c in m.router_losses.items() if c == 0]
     losses = ' and '.join(optimised) or 'no router loss'
     if watched: losses += f" ({' and '.join(watched)} measured, not optimised)"
-    router = ROUTERS.words(m.router) + (f", moved by ±{m.bias_update_rate:g} a step" if m.router == 'aux_free' else '')
+    router = ROUTERS.words(m.router) + ROUTERS[m.router].details(m)
     capacity = "dropless" if m.capacity_factor is None else f"capacity factor {m.capacity_factor:g}"
     shared = f" plus {m.n_shared_experts} shared expert{'s' if m.n_shared_experts > 1 else ''}" if m.n_shared_experts else ''
     dense = f", the first {m.n_dense_layers} layer(s) dense" if m.n_dense_layers else ''
