@@ -11,6 +11,9 @@ import signal
 import sys
 from pathlib import Path
 from .config import ConfigError
+from .environment import pin_kernels
+try: pin_kernels()        # before torch loads: every command computes on the kernel path MOE_STUDY_KERNELS names (chapter 07c)
+except ConfigError as e: print(f"error: {e}", file=sys.stderr); sys.exit(2)
 from .studies import STUDIES, Study, study_with
 from .params import format_param_table, variant_table
 from .data import DataError, benchmark_data, load_data

@@ -16,13 +16,15 @@ from .params import count_params, variant_config
 from .fileio import config_drift, flatten
 from .trainer import SEQUENCE_FILES, read_metrics
 from .identity import runs_root
+from .environment import describe_path, kernel_path
 
 # %% auto #0
-__all__ = ['AUDIT_FIELDS', 'BASE_COLOURS', 'ROUTING_IDS', 'RATE_SERIES', 'load_runs', 'load_metrics', 'load_configs', 't_975',
-           'mean_std_ci', 'fmt', 'sign_count', 'confirmation', 'load_sequences', 'multi_bootstrap', 'variant_results',
-           'paired_gaps', 'val_curves', 'gap_curves', 'routing_curves', 'throughput', 'rate_table', 'rate_findings',
-           'fairness_audit', 'UnfairComparison', 'require_fair', 'study_results', 'palette', 'plot_loss_curves',
-           'plot_gap_curves', 'plot_routing', 'plot_rate_curve']
+__all__ = ['AUDIT_FIELDS', 'AUDIT_COLUMNS', 'BASE_COLOURS', 'ROUTING_IDS', 'RATE_SERIES', 'load_runs', 'load_metrics',
+           'load_configs', 't_975', 'mean_std_ci', 'fmt', 'sign_count', 'confirmation', 'load_sequences',
+           'multi_bootstrap', 'variant_results', 'paired_gaps', 'val_curves', 'gap_curves', 'routing_curves',
+           'throughput', 'rate_table', 'rate_findings', 'environment_check', 'fairness_audit', 'UnfairComparison',
+           'require_fair', 'study_results', 'palette', 'plot_loss_curves', 'plot_gap_curves', 'plot_routing',
+           'plot_rate_curve']
 
 # %% ../nbs/10_analysis.ipynb #ec9ec126
 def load_runs(study: str, root: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
@@ -277,6 +279,22 @@ def _per_run_problems(configs: dict, study: Study) -> dict[str, list[str]]:
         if drift: runs.append(f"{variant}/seed{seed} differs from the declaration: " + '; '.join(drift))
     return {'seed pairing': seeds, 'run as declared': runs}
 
+AUDIT_COLUMNS = ['check', 'ok', 'values', 'warning']
+
+def environment_check(configs: dict[tuple[str, int], dict], study: Study) -> dict:
+    """The audit's row for where the runs computed: one kernel path (chapter 07c) for all, or a warning listing each
+    path with its runs and each run resumed on another path; with `study.exact_pairing`, a failed check."""
+    paths = {run: kernel_path(c.get('environment')) for run, c in configs.items()}
+    groups = {}
+    for run, path in paths.items(): groups.setdefault(json.dumps(path, sort_keys=True), []).append(run)
+    moved = [f"{v}/seed{s} was resumed at step {ch['step']} on another kernel path ({', '.join(ch['changed'])} changed)"
+             for (v, s), c in configs.items() for ch in c.get('environment_changes') or []]
+    row = {'check': 'compute environment', 'ok': True, 'warning': False}
+    if len(groups) <= 1 and not moved:
+        return {**row, 'values': describe_path(next(iter(paths.values()), None))}
+    listing = [f"{describe_path(paths[runs[0]])}: {', '.join(f'{v}/seed{s}' for v, s in runs)}" for runs in groups.values()]
+    return {**row, 'ok': not study.exact_pairing, 'warning': True, 'values': listing + moved}
+
 def fairness_audit(configs: dict[tuple[str, int], dict], study: Study) -> pd.DataFrame:
     """One row per check: whether the runs it applies to agree, and their common value (or, for a failed
     check, each run that differs and how)."""
@@ -288,7 +306,8 @@ def fairness_audit(configs: dict[tuple[str, int], dict], study: Study) -> pd.Dat
         rows.append({'check': check, 'ok': len(values) == 1, 'values': values[0] if len(values) == 1 else _differences(runs, field, study.variant_names[0])})
     for check, problems in _per_run_problems(configs, study).items():
         rows.append({'check': check, 'ok': not problems, 'values': problems or 'every run'})
-    return pd.DataFrame(rows, columns=['check', 'ok', 'values'])
+    rows.append(environment_check(configs, study))
+    return pd.DataFrame(rows, columns=AUDIT_COLUMNS).fillna({'warning': False})
 
 class UnfairComparison(ValueError): pass
 
@@ -304,7 +323,7 @@ def require_fair(audit: pd.DataFrame) -> None:
 def study_results(study: Study | str, root: Path | None = None, failed: list[dict] | None = None) -> dict:
     study = get_preset(study)
     runs, incomplete = load_runs(study.name, root)
-    audit = fairness_audit(load_configs(runs), study) if len(runs) else pd.DataFrame(columns=['check', 'ok', 'values'])
+    audit = fairness_audit(load_configs(runs), study) if len(runs) else pd.DataFrame(columns=AUDIT_COLUMNS)
     sequences = load_sequences(runs) if len(runs) else {}
     rates = any(v.activation_rate for v in study.variants) and len(runs)
     isoflop = {}

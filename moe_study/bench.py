@@ -12,6 +12,7 @@ from .studies import Study, study_with
 from .device import cpu_threads, measure_matmul_peak, peak_flops, resolve_device, run_threads
 from .model import Decoder
 from .params import flops_per_token, match_dense
+from .environment import compute_environment, describe_path, kernel_path
 from .trainer import graph_breaks, make_optimizer, train_step
 
 # %% auto #0
@@ -64,7 +65,8 @@ def _benchmark(preset: Study, cfg: TrainConfig, device: torch.device, steps: int
     cpu = device.type == 'cpu'
     out = {'device': f"cpu ({torch.get_num_threads()} threads)" if cpu else torch.cuda.get_device_name(device),
            'threads': torch.get_num_threads() if cpu else None, 'preset': preset.name,
-           'dtype': str(dtype).removeprefix('torch.'), 'compile': compile, 'batch_tokens': tokens, 'peak_flops': peak}
+           'dtype': str(dtype).removeprefix('torch.'), 'compile': compile, 'batch_tokens': tokens, 'peak_flops': peak,
+           'environment': compute_environment()}
     for variant, (model, *_, times) in runs.items():
         step_s = float(np.median(times))
         achieved = flops_per_token(model.cfg) * tokens / step_s
@@ -82,6 +84,8 @@ def _benchmark(preset: Study, cfg: TrainConfig, device: torch.device, steps: int
 def format_benchmark(b: dict) -> str:
     lines = [f"device {b['device']}, preset {b['preset']}, {b['dtype']}, compile={b['compile']}, "
              f"{b['batch_tokens']:,} tokens/step, measured matmul peak {b['peak_flops'] / 1e9:,.1f} GFLOP/s"]
+    env = b.get('environment')
+    if env: lines.append(f"kernels {env['kernels']}: {describe_path(kernel_path(env))}")
     for v in ('dense_active', 'moe'):
         r = b[v]
         lines.append(f"{v:<13} {r['step_s'] * 1e3:8.1f} ms/step {r['tokens_per_s']:>10,.0f} tokens/s "

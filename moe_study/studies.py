@@ -111,6 +111,7 @@ class Study:
     published_findings: str = ''            # what that paper found, in words (the report puts ours beside it)
     question: str = ''                      # what the study asks, in a sentence or two (the report's opening)
     match_multiple: int = 8                 # the solver's sizes are multiples of this
+    exact_pairing: bool = False             # runs must share one kernel path (chapter 07c): a mix is refused, not flagged
     base: str | None = None                 # the preset a user's overrides were applied to
     overrides: dict = field(default_factory=dict)   # those overrides, as 'section.field': value
 
@@ -120,6 +121,7 @@ class Study:
                "must be letters, digits, '_', '.' or '-' (it names a directory)")
         c.need(self.model.vocab_size <= 2 ** 16, 'model', "vocab_size must be at most 65536 (tokens are cached as uint16)")
         c.need(positive_int(self.match_multiple), 'match_multiple', "must be a positive integer")
+        c.need(isinstance(self.exact_pairing, bool), 'exact_pairing', "must be True or False")
         names = [v.name for v in self.variants]
         c.need(len(names) > 0 and len(set(names)) == len(names), 'variants', "must be one or more, with distinct names")
         for v in self.variants:
@@ -285,7 +287,8 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
     dense_vs_moe('cpu', "the embedded default study: width 24, 4 layers, 800 steps of 32 × 128 tokens on two CPU cores",
                  CPU_MODEL, CPU_DATA, CPU_TRAIN, seeds=(0, 1, 2, 3, 4, 5), design_seeds=(0, 1, 2),
                  design_search=CPU_DESIGN_SEARCH,
-                 match_multiple=1),     # at width 24 a grid of 8 misses the active count by 0.8%
+                 match_multiple=1,      # at width 24 a grid of 8 misses the active count by 0.8%
+                 exact_pairing=True),   # its committed numbers are promised bit for bit (README)
     Study('ablations_cpu', "the cpu study's MoE against its router and balancing settings",
            CPU_MODEL, CPU_DATA, CPU_TRAIN,
            (Variant('moe', "the reference: 4 experts, top-2, Switch balance loss and router z-loss"),

@@ -14,19 +14,20 @@ from tqdm import tqdm
 from .config import ConfigError, check_seeds, positive_int
 from .studies import STUDIES, Study, study_to_dict
 from .fileio import project_root
-from .analysis import require_fair, study_results
+from .analysis import AUDIT_COLUMNS, require_fair, study_results
 from .data import load_data
 from .fileio import write_json_atomic, write_text_atomic
 from .params import flops_per_token, run_budget, variant_config
 from .device import run_threads
 from .trainer import LAUNCHER_ENV
+from .environment import kernel_mode, pin_kernels
 from .checkpoint import TrainingError
 from .identity import finished_summary, plan_run, resolve_run, run_dir, runs_root
 
 # %% auto #0
 __all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'LAUNCHERS', 'notebook', 'write_study', 'study_argument', 'RunFailed',
-           'Processes', 'execute_run', 'check_parameters', 'RunOutcome', 'Interrupted', 'default_jobs', 'sweep',
-           'report_root', 'ReportRefused', 'render_report', 'TrainJob', 'Jobs', 'slurm_parameters', 'Launcher',
+           'run_environ', 'Processes', 'execute_run', 'check_parameters', 'RunOutcome', 'Interrupted', 'default_jobs',
+           'sweep', 'report_root', 'ReportRefused', 'render_report', 'TrainJob', 'Jobs', 'slurm_parameters', 'Launcher',
            'StudyOutcome', 'run_study']
 
 # %% ../nbs/11_sweep.ipynb #2960596f
@@ -48,6 +49,13 @@ KERNEL_START_TIMEOUT = 300     # seconds; papermill's 60 are too few for a kerne
 class RunFailed(RuntimeError):
     "A run's notebook failed; the message is papermill's report, ending with the error the notebook raised."
 
+def run_environ() -> dict:
+    """The environment a run's process starts with: this one's, the study's process id (`LAUNCHER_ENV`), and the
+    kernel path pinned before its torch loads (chapter 07c: the mode this process was asked for, portable by default)."""
+    environ = {**os.environ, LAUNCHER_ENV: str(os.getpid())}
+    pin_kernels(kernel_mode(), environ)
+    return environ
+
 class Processes:
     """The papermill processes a sweep has running. Each starts in a session of its own, so a Ctrl-C in the
     terminal reaches the study alone, which then stops them all together (`stop`) and launches no more.
@@ -60,7 +68,7 @@ class Processes:
         with self._lock:
             if self.stopped: raise RunFailed("not started: the study was interrupted")
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True, env={**os.environ, LAUNCHER_ENV: str(os.getpid())})
+                                    start_new_session=True, env=run_environ())
             self._running.add(proc)
         try: _, err = proc.communicate()
         finally:
@@ -222,7 +230,7 @@ def render_report(study: Study, runs: Path | None = None, reports: Path | None =
         if not results['variants']:
             raise ReportRefused(f"no complete run of study {study.name} in {runs / study.name}; train them first with "
                                 f"`python -m moe_study study --preset {study.name}`")
-        require_fair(pd.DataFrame(results['audit'], columns=['check', 'ok', 'values']))
+        require_fair(pd.DataFrame(results['audit'], columns=AUDIT_COLUMNS))
         write_study(study, runs)
         pm.execute_notebook(str(notebook('report.ipynb')), str(out / 'report.ipynb'), cwd=str(project_root()),
                             parameters={'preset': study_argument(study, runs), 'runs_dir': str(runs), 'report_dir': str(out)},

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_trainer.ipynb #3332dcfa
 from __future__ import annotations
-import json, math, os, threading, time
+import json, math, os, threading, time, warnings
 from contextlib import nullcontext
 from pathlib import Path
 import numpy as np
@@ -15,6 +15,7 @@ from tqdm import tqdm
 from .checkpoint import (NonFiniteWeights, TrainingError, resume, save_checkpoint, truncate_metrics)
 from .config import ConfigError, TrainConfig, positive_int
 from .data import TokenCache, load_data, val_batches
+from .environment import compute_environment, describe_path, environment_change, kernel_path, pin_kernels
 from .device import World, autocast, cpu_threads, peak_flops, process_group, resolve_device, run_threads
 from .fileio import exclusive, naming, write_atomic, write_json_atomic
 from .identity import RunSpec, describe_run, finished_summary, plan_run, resolve_run, run_dir
@@ -25,7 +26,7 @@ from .studies import Study
 # %% auto #0
 __all__ = ['SEQUENCE_FILES', 'LAUNCHER_ENV', 'TIMING_FIELDS', 'make_optimizer', 'lr_at', 'evaluate', 'NonFiniteLoss',
            'forward_backward', 'train_step', 'graph_breaks', 'compile_step', 'sample_stories', 'RunWriter',
-           'LauncherWatch', 'train', 'validate', 'train_record', 'run_loop', 'read_metrics']
+           'LauncherWatch', 'train', 'validate', 'train_record', 'run_environment', 'run_loop', 'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #bbbc1f00
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -189,6 +190,7 @@ def train(preset: Study | str, variant: str, seed: int = 0, *, data: str | None 
     """Train one variant of a study with one seed into its run directory, resuming from its checkpoint if it
     has one. `data` and `overrides` change the study (a new identity, see `study_with`). Returns the summary;
     with `until`, stops after that step's checkpoint and returns None (call again to go on)."""
+    pin_kernels()          # takes effect if torch has not computed yet (the CLI and nbs/train.ipynb pin before it loads)
     spec = resolve_run(preset, variant, seed, data, overrides)
     if until is not None and not positive_int(until):
         raise ConfigError(f"until={until!r}: must be a step >= 1 (the run stops after that step's checkpoint)")
@@ -238,6 +240,26 @@ def train_record(model: Decoder, o: DecoderOutput, grad_norm: torch.Tensor, step
     if routing: rec['routing'] = routing
     return rec
 
+# %% ../nbs/08_trainer.ipynb #a44b68b8
+def run_environment(out: Path, ckpt_step: int | None, start: int) -> tuple[dict, list, dict]:
+    """This process's compute environment (chapter 07c), the run's kernel-path changes so far with this one's if a
+    resume moved it (step, fields), and that change ({} if none). Warns when the kernels asked for are not in effect."""
+    env = compute_environment()
+    if env['kernels'] != env['kernels_asked']:
+        warnings.warn(f"the {env['kernels_asked']} kernels were asked for, but this process computes on its native path "
+                      f"(ATen {env['cpu_capability']}, MKL {env['mkl_branch']}): torch had computed before they could be "
+                      "set, or this CPU lacks AVX2. Restart the kernel and call moe_study.environment.pin_kernels() "
+                      "before anything else, or set MOE_STUDY_KERNELS=native", stacklevel=3)
+    before = {}
+    if ckpt_step is not None:
+        try: before = json.loads((out / 'config.json').read_text())
+        except (OSError, ValueError): pass
+    changed = environment_change(before.get('environment'), env)
+    changes = list(before.get('environment_changes') or []) + ([{'step': start, 'changed': changed}] if changed else [])
+    if changed: print(f"{out}: resumed at step {start} on another kernel path ({', '.join(changed)} changed); "
+                      "its numbers will not match a run trained on one path")
+    return env, changes, changed
+
 # %% ../nbs/08_trainer.ipynb #05f616d4
 def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: int | None, w: World = World()) -> dict | None:
     "The training loop of `train`; under torchrun each rank runs it on its slice of every batch, and rank 0 writes."
@@ -258,7 +280,9 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
         start, best, elapsed = resume(writer.checkpoint_path, identity, model, optimizer, device)
         ckpt_step = start
     peak = peak_flops(device, dtype)
-    writer.config({**describe_run(spec, data, identity, budget, device, dtype, peak), 'world_size': w.size})
+    env, changes, changed = run_environment(out, ckpt_step, start)
+    writer.config({**describe_run(spec, data, identity, budget, device, dtype, peak), 'world_size': w.size,
+                   'environment': env, 'environment_changes': changes})
     # data parallel: gradients averaged over ranks; buffers stay per rank (routers sum what they need, chapter 03a)
     parallel = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if w.size > 1 else model
     step_model = torch.compile(parallel) if cfg.compile else parallel
@@ -271,6 +295,7 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
     run_start = time.perf_counter() - elapsed
     t_last, step_last = time.perf_counter(), start
     with writer.open(start if ckpt_step is not None else None), naming(writer.metrics), bar, LauncherWatch() as watch:
+        if changed: writer.record({'step': start, 'split': 'environment', 'changed': changed})
         if start == 0: best = validate(model, data, spec, seq_len, 0, steps, best, writer, device, dtype)
         for step in range(start, stop):
             if watch.gone:                        # a study killed with -9 leaves no orphan training on
@@ -308,6 +333,7 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
                'best_val_loss': best['loss'], 'best_val_bpb': best['bpb'], 'best_step': best['step'],
                'final_val_loss': final['loss'], 'final_val_bpb': final['bpb'],
                'steps': steps, 'tokens': steps * tokens_step, 'wall_time_s': time.perf_counter() - run_start,
+               'environment': describe_path(kernel_path(env)), 'environment_changes': changes,
                'samples': sample_stories(model, data, cfg.sample_tokens, device, spec.seed)}
     writer.summary(summary)
     return summary
