@@ -296,18 +296,19 @@ def environment_check(configs: dict[tuple[str, int], dict], study: Study) -> dic
     return {**row, 'ok': not study.exact_pairing, 'warning': True, 'values': listing + moved}
 
 def fairness_audit(configs: dict[tuple[str, int], dict], study: Study) -> pd.DataFrame:
-    """One row per check: whether the runs it applies to agree, and their common value (or, for a failed
-    check, each run that differs and how)."""
+    """One row per check: whether the runs it applies to agree (`ok`), their common value (or, for a failed
+    check, each run that differs and how), and `warning` for a difference reported but allowed (the compute
+    environment of a study without `exact_pairing`)."""
     rows = []
     for check, (field, applies) in AUDIT_FIELDS.items():
         runs = {r: c for r, c in configs.items() if applies is None or (r[0] in study.variant_names and applies(study, r[0]))}
         if not runs: continue
         values = sorted({_value(c, field) for c in runs.values()})
-        rows.append({'check': check, 'ok': len(values) == 1, 'values': values[0] if len(values) == 1 else _differences(runs, field, study.variant_names[0])})
+        rows.append({'check': check, 'ok': len(values) == 1, 'warning': False, 'values': values[0] if len(values) == 1 else _differences(runs, field, study.variant_names[0])})
     for check, problems in _per_run_problems(configs, study).items():
-        rows.append({'check': check, 'ok': not problems, 'values': problems or 'every run'})
+        rows.append({'check': check, 'ok': not problems, 'warning': False, 'values': problems or 'every run'})
     rows.append(environment_check(configs, study))
-    return pd.DataFrame(rows, columns=AUDIT_COLUMNS).fillna({'warning': False})
+    return pd.DataFrame(rows, columns=AUDIT_COLUMNS)
 
 class UnfairComparison(ValueError): pass
 

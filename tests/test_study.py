@@ -55,6 +55,28 @@ def test_rerun_executes_nothing(first_pass):
     assert html.stat().st_mtime_ns == before
 
 
+def test_a_study_mixing_kernel_paths_is_flagged_or_refused(first_pass, tmp_path):
+    "Runs from two kernel paths (chapter 07c): the report warns and lists them; a study declaring exact pairing refuses."
+    import dataclasses, shutil
+    from moe_study.studies import get_preset
+    from moe_study.sweep import ReportRefused, render_report
+    tmp, _ = first_pass
+    runs = tmp_path / 'runs'
+    shutil.copytree(tmp / 'runs', runs)
+    config = runs / 'smoke' / 'dense_active' / 'seed1' / 'config.json'
+    c = json.loads(config.read_text())
+    assert c['environment']['cpu_capability'] == 'AVX2'                    # the study pinned its runs
+    c['environment'] = {**c['environment'], 'cpu_capability': 'AVX512', 'mkl_branch': 'OFF'}  # as if trained elsewhere
+    config.write_text(json.dumps(c))
+    smoke = get_preset('smoke')
+    out, _ = render_report(smoke, runs, tmp_path / 'report')
+    html = (out / 'index.html').read_text()
+    assert 'Warning: the runs computed on 2 kernel paths' in html and '⚠ mixed' in html
+    assert 'ATen AVX512, MKL OFF, 1 thread, torch' in html and 'dense_active/seed1' in html
+    with pytest.raises(ReportRefused, match='compute environment: .*ATen AVX512.*: dense_active/seed1'):
+        render_report(dataclasses.replace(smoke, exact_pairing=True), runs, tmp_path / 'exact')
+
+
 def test_deleting_a_summary_reruns_only_that_run_and_failures_are_reported(first_pass):
     tmp, _ = first_pass
     runs = tmp / 'runs' / 'smoke'
