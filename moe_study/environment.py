@@ -4,13 +4,13 @@
 
 # %% ../nbs/07c_environment.ipynb #9233b262
 from __future__ import annotations
-import ctypes, os, platform, re
+import ctypes, getpass, os, platform, re, tempfile
 from .config import ConfigError
 
 # %% auto #0
-__all__ = ['KERNELS_ENV', 'KERNEL_MODES', 'DEFAULT_KERNELS', 'KERNEL_PATH_FIELDS', 'kernel_mode', 'pin_kernels', 'cpu_model',
-           'mkl_branch', 'blas', 'kernels_in_effect', 'compute_environment', 'kernel_path', 'environment_change',
-           'describe_path']
+__all__ = ['KERNELS_ENV', 'KERNEL_MODES', 'DEFAULT_KERNELS', 'INDUCTOR_CACHE_ENV', 'KERNEL_PATH_FIELDS', 'kernel_mode',
+           'pin_kernels', 'inductor_cache', 'cpu_model', 'mkl_branch', 'blas', 'kernels_in_effect',
+           'compute_environment', 'kernel_path', 'environment_change', 'describe_path']
 
 # %% ../nbs/07c_environment.ipynb #3664feee
 KERNELS_ENV = 'MOE_STUDY_KERNELS'
@@ -31,13 +31,28 @@ def kernel_mode(environ=None) -> str:
 
 def pin_kernels(mode: str | None = None, environ=None) -> str:
     """Set the variables of kernel `mode` (default: `kernel_mode()`) in `environ` (default: this process's), and
-    `MOE_STUDY_KERNELS`, so that processes started from here pin the same. Call it before torch computes anything;
-    returns the mode."""
+    `MOE_STUDY_KERNELS`, so that processes started from here pin the same; give `torch.compile` a cache of the
+    mode's own (`inductor_cache`). Call it before torch computes anything; returns the mode."""
     environ = os.environ if environ is None else environ
     mode = kernel_mode({KERNELS_ENV: mode} if mode else environ)
     environ[KERNELS_ENV] = mode
     environ.update(KERNEL_MODES[mode])
+    environ[INDUCTOR_CACHE_ENV] = inductor_cache(mode, environ)
     return mode
+
+INDUCTOR_CACHE_ENV = 'TORCHINDUCTOR_CACHE_DIR'
+
+def inductor_cache(mode: str, environ) -> str:
+    """A folder of inductor's on-disk cache for the kernel mode and ATen level `environ` asks for, inside the one it
+    would use anyway. Its cache keys do not hold the vector ISA that `ATEN_CPU_CAPABILITY` picks: CPU kernels compiled
+    for AVX-512 were reused by an AVX2-pinned process and computed NaN (torch 2.13)."""
+    base = environ.get(INDUCTOR_CACHE_ENV)
+    if base is None:
+        try: user = getpass.getuser()
+        except (KeyError, OSError): user = str(os.getuid())
+        base = os.path.join(tempfile.gettempdir(), f"torchinductor_{re.sub(r'[^A-Za-z0-9_.-]', '_', user)}")
+    if os.path.basename(base).startswith('moe_study-'): base = os.path.dirname(base)    # pinned before: one level
+    return os.path.join(base, f"moe_study-{mode}-{environ.get('ATEN_CPU_CAPABILITY') or 'auto'}")
 
 # %% ../nbs/07c_environment.ipynb #5107c167
 _MKL_BRANCHES = {1: 'OFF', 2: 'AUTO', 3: 'COMPATIBLE', 4: 'SSE2', 6: 'SSSE3', 7: 'SSE4_1', 8: 'SSE4_2', 9: 'AVX',
