@@ -56,7 +56,7 @@ def inductor_cache(mode: str, environ) -> str:
 
 # %% ../nbs/07c_environment.ipynb #5107c167
 _MKL_BRANCHES = {1: 'OFF', 2: 'AUTO', 3: 'COMPATIBLE', 4: 'SSE2', 6: 'SSSE3', 7: 'SSE4_1', 8: 'SSE4_2', 9: 'AVX',
-                 10: 'AVX2', 12: 'AVX512', 14: 'AVX512_E1', 15: 'AVX512_E2', 16: 'AVX512_E3', 17: 'AVX512_E4'}
+                 10: 'AVX2', 11: 'AVX512_MIC', 12: 'AVX512', 13: 'AVX512_MIC_E1', 14: 'AVX512_E1'}   # mkl_cbwr.h
 _MKL_STRICT = 0x10000
 
 def cpu_model() -> str:

@@ -245,7 +245,7 @@ def run_environment(out: Path, ckpt_step: int | None, start: int) -> tuple[dict,
     """This process's compute environment (chapter 07c), the run's kernel-path changes so far with this one's if a
     resume moved it (step, fields), and that change ({} if none). Warns when the kernels asked for are not in effect."""
     env = compute_environment()
-    if env['kernels'] != env['kernels_asked']:
+    if env['kernels'] != env['kernels_asked'] and env['machine'] in ('x86_64', 'AMD64'):   # elsewhere no pin applies
         warnings.warn(f"the {env['kernels_asked']} kernels were asked for, but this process computes on its native path "
                       f"(ATen {env['cpu_capability']}, MKL {env['mkl_branch']}): torch had computed before they could be "
                       "set, or this CPU lacks AVX2. Restart the kernel and call moe_study.environment.pin_kernels() "
