@@ -4,74 +4,140 @@
 
 # %% ../nbs/09_bench.ipynb #14707182
 from __future__ import annotations
-import time
+import os, tempfile, time
 import numpy as np
 import torch
+import torch.nn.functional as F
 from .config import ConfigError, TrainConfig, positive_int
 from .studies import Study, study_with
 from .device import cpu_threads, measure_matmul_peak, peak_flops, resolve_device, run_threads
 from .model import Decoder
 from .params import flops_per_token, match_dense
-from .environment import compute_environment, describe_path, kernel_path
-from .trainer import graph_breaks, make_optimizer, train_step
+from .environment import INDUCTOR_CACHE_ENV, compute_environment, describe_path, kernel_path, tune_allocator
+from .trainer import graph_breaks, make_optimizer, step_function, train_step
 
 # %% auto #0
-__all__ = ['benchmark', 'format_benchmark']
+__all__ = ['benchmark', 'compile_times', 'hf_twins', 'hf_train_step', 'format_benchmark']
 
 # %% ../nbs/09_bench.ipynb #4db475ae
 def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compile: bool | None = None,
-              threads: int | None = None, overrides: dict | None = None) -> dict:
+              threads: int | None = None, overrides: dict | None = None, hf: bool = True) -> dict:
     """Step-time ratio of the study's MoE reference over a dense model matched to its active parameters,
-    fractions of the measured peak and graph breaks, measured in one run; `overrides` change the preset as
-    `study_with` does. On a CPU with the threads a training run of `preset` computes with (its `threads`),
-    or `threads` when given."""
+    fractions of the measured peak, graph breaks, compile times and (`hf`, when transformers is installed)
+    transformers' step time on the same weights, measured in one run; `compile` (default: the preset's) compiles
+    the step as the trainer does; `overrides` change the preset as `study_with` does. On a CPU with the threads a
+    training run of `preset` computes with (its `threads`), or `threads` when given."""
     if not positive_int(steps):
         raise ConfigError(f"steps={steps!r}: must be a positive integer (the timed steps per model)")
     device, _ = resolve_device(TrainConfig())
     preset = study_with(preset or ('tinystories' if device.type == 'cuda' else 'cpu'), None, overrides)
     cfg = preset.train if threads is None else preset.train.replace(threads=threads)   # validates `threads`
+    if compile is not None: cfg = cfg.replace(compile=compile)
+    tune_allocator()                                  # as every training process (chapter 07c)
     with cpu_threads(run_threads(cfg)):
-        return _benchmark(preset, cfg, device, steps, warmup, compile)
+        return _benchmark(preset, cfg, device, steps, warmup, hf)
 
-def _benchmark(preset: Study, cfg: TrainConfig, device: torch.device, steps: int, warmup: int,
-               compile: bool | None) -> dict:
+def _timed(fn, device: torch.device) -> float:
+    if device.type == 'cuda': torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == 'cuda': torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+def compile_times(models: dict, batches: dict, cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> dict:
+    """{variant: (cold, warm)}: the seconds of each model's first compiled step with an empty inductor cache, then
+    with the cache that step filled (in-memory caches cleared in between); a temporary cache, the study's untouched."""
+    from torch._inductor.utils import clear_inductor_caches
+    times, before = {}, os.environ.get(INDUCTOR_CACHE_ENV)
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ[INDUCTOR_CACHE_ENV] = cache
+        try:
+            for variant, model in models.items():
+                opt, (x, y) = make_optimizer(model, cfg), (batches[variant][:, :-1], batches[variant][:, 1:])
+                first = []
+                for _ in range(2):                                      # cold, then warm
+                    torch._dynamo.reset(); clear_inductor_caches()
+                    step, _ = step_function(model, True, device, dtype)
+                    first.append(_timed(lambda: train_step(model, step, opt, x, y, 1e-4, 1.0), device))
+                times[variant] = tuple(first)
+        finally:
+            torch._dynamo.reset(); clear_inductor_caches()
+            if before is None: os.environ.pop(INDUCTOR_CACHE_ENV, None)
+            else: os.environ[INDUCTOR_CACHE_ENV] = before
+    return times
+
+def hf_twins(models: dict, device: torch.device) -> dict:
+    "{variant: transformers' model with the same weights} (Llama for dense, Mixtral for MoE); {} without transformers."
+    try: from transformers import AutoModelForCausalLM
+    except ImportError: return {}
+    from moe_study.export import export_refusals, hf_config, hf_state_dict
+    twins = {}
+    for variant, model in models.items():
+        if export_refusals(model): continue                           # a model transformers cannot hold
+        twin = AutoModelForCausalLM.from_config(hf_config(model.cfg)).to(device)
+        twin.load_state_dict(hf_state_dict(model), strict=False)
+        twins[variant] = twin.train()
+    return twins
+
+def hf_train_step(twin, optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A transformers model's training step as `train_step` runs ours: cross-entropy (plus Mixtral's balance loss
+    with its coefficient), backward, clipping, AdamW. Returns the loss."""
+    moe = hasattr(twin.config, 'num_local_experts')
+    with torch.autocast(device.type, dtype, enabled=dtype != torch.float32):
+        out = twin(input_ids=x, output_router_logits=moe)
+        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten())
+        if moe: loss = loss + twin.config.router_aux_loss_coef * out.aux_loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(twin.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+def _benchmark(preset: Study, cfg: TrainConfig, device: torch.device, steps: int, warmup: int, hf: bool) -> dict:
     dtype = resolve_device(cfg)[1]
-    compile = cfg.compile and device.type == 'cuda' if compile is None else compile
     peak = measure_matmul_peak(device, dtype, n=4096 if device.type == 'cuda' else 1024, repeats=10)
     seq_len = cfg.seq_len or preset.model.context_len
     tokens = cfg.batch_size * seq_len
     g = torch.Generator().manual_seed(0)
-    runs = {}
     reference = preset.model                    # the MoE, and a dense model matched to its active parameters
     configs = {'dense_active': match_dense(reference, 'active', 'ffn', preset.match_multiple).config, 'moe': reference}
-    for variant, config in configs.items():
-        model = Decoder(config).to(device)
-        step_model = torch.compile(model) if compile else model
-        batch = torch.randint(0, model.cfg.vocab_size, (cfg.batch_size, seq_len + 1), generator=g).to(device)
-        runs[variant] = [model, step_model, make_optimizer(model, cfg), batch, []]
-    breaks = {variant: graph_breaks(model, batch[:, :-1], batch[:, 1:], device, dtype)
-              for variant, (model, _, _, batch, _) in runs.items()}
-    def step(variant):
-        model, step_model, opt, batch, times = runs[variant]
-        if device.type == 'cuda': torch.cuda.synchronize()
-        t = time.perf_counter()
-        train_step(model, step_model, opt, batch[:, :-1], batch[:, 1:], 1e-4, 1.0, device, dtype)
-        if device.type == 'cuda': torch.cuda.synchronize()
-        return time.perf_counter() - t
+    models = {v: Decoder(c).to(device) for v, c in configs.items()}
+    batches = {v: torch.randint(0, c.vocab_size, (cfg.batch_size, seq_len + 1), generator=g).to(device)
+               for v, c in configs.items()}
+    breaks = {v: graph_breaks(m, batches[v][:, :-1], batches[v][:, 1:], device, dtype) for v, m in models.items()}
+    compiles = compile_times(models, batches, cfg, device, dtype) if cfg.compile else {}
+    twins = hf_twins(models, device) if hf else {}
+
+    # every step function, ours and transformers', timed in one alternation
+    steppers = {}
+    for v, model in models.items():
+        step, compiled = step_function(model, cfg.compile, device, dtype)
+        opt, (x, y) = make_optimizer(model, cfg), (batches[v][:, :-1], batches[v][:, 1:])
+        steppers[v] = lambda model=model, step=step, opt=opt, x=x, y=y: train_step(model, step, opt, x, y, 1e-4, 1.0)
+    for v, twin in twins.items():
+        opt, (x, y) = make_optimizer(twin, cfg), (batches[v][:, :-1], batches[v][:, 1:])
+        steppers['hf_' + v] = lambda twin=twin, opt=opt, x=x, y=y: hf_train_step(twin, opt, x, y, device, dtype)
+    times = {k: [] for k in steppers}
     for i in range(warmup + steps):
-        for variant in runs:
-            dt = step(variant)
-            if i >= warmup: runs[variant][4].append(dt)
+        for k, fn in steppers.items():
+            dt = _timed(fn, device)
+            if i >= warmup: times[k].append(dt)
+
     cpu = device.type == 'cpu'
     out = {'device': f"cpu ({torch.get_num_threads()} threads)" if cpu else torch.cuda.get_device_name(device),
            'threads': torch.get_num_threads() if cpu else None, 'preset': preset.name,
-           'dtype': str(dtype).removeprefix('torch.'), 'compile': compile, 'batch_tokens': tokens, 'peak_flops': peak,
-           'environment': compute_environment()}
-    for variant, (model, *_, times) in runs.items():
-        step_s = float(np.median(times))
+           'dtype': str(dtype).removeprefix('torch.'), 'compile': compiled, 'batch_tokens': tokens, 'peak_flops': peak,
+           'load_average': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None, 'environment': compute_environment()}
+    for v, model in models.items():
+        step_s = float(np.median(times[v]))
         achieved = flops_per_token(model.cfg) * tokens / step_s
-        out[variant] = {'step_s': step_s, 'tokens_per_s': tokens / step_s, 'flops_per_s': achieved,
-                        'peak_fraction': achieved / peak, 'graph_breaks': breaks[variant]}
+        out[v] = {'step_s': step_s, 'tokens_per_s': tokens / step_s, 'flops_per_s': achieved,
+                  'peak_fraction': achieved / peak, 'graph_breaks': breaks[v]}
+        if v in compiles:
+            out[v]['compile_cold_s'], out[v]['compile_warm_s'] = (max(0.0, t - step_s) for t in compiles[v])
+        if v in twins:
+            hf_s = float(np.median(times['hf_' + v]))
+            out[v]['hf'] = {'model': type(twins[v]).__name__, 'step_s': hf_s, 'hf_over_ours': hf_s / step_s}
     out['moe_over_dense_step'] = out['moe']['step_s'] / out['dense_active']['step_s']
     out['dense_peak_fraction'] = out['dense_active']['peak_fraction']
     out['moe_peak_fraction'] = out['moe']['peak_fraction']
@@ -83,7 +149,8 @@ def _benchmark(preset: Study, cfg: TrainConfig, device: torch.device, steps: int
 
 def format_benchmark(b: dict) -> str:
     lines = [f"device {b['device']}, preset {b['preset']}, {b['dtype']}, compile={b['compile']}, "
-             f"{b['batch_tokens']:,} tokens/step, measured matmul peak {b['peak_flops'] / 1e9:,.1f} GFLOP/s"]
+             f"{b['batch_tokens']:,} tokens/step, measured matmul peak {b['peak_flops'] / 1e9:,.1f} GFLOP/s"
+             + (f", load average {b['load_average']:.2f}" if b.get('load_average') is not None else '')]
     env = b.get('environment')
     if env: lines.append(f"kernels {env['kernels']}: {describe_path(kernel_path(env))}")
     for v in ('dense_active', 'moe'):
@@ -91,6 +158,11 @@ def format_benchmark(b: dict) -> str:
         lines.append(f"{v:<13} {r['step_s'] * 1e3:8.1f} ms/step {r['tokens_per_s']:>10,.0f} tokens/s "
                      f"{r['flops_per_s'] / 1e9:9.1f} GFLOP/s = {r['peak_fraction']:.0%} of peak, "
                      f"{r['graph_breaks']} graph breaks")
+        if 'compile_cold_s' in r:
+            lines.append(f"{'':<13} compiling: {r['compile_cold_s']:.1f} s with an empty cache, {r['compile_warm_s']:.1f} s warm")
+        if 'hf' in r:
+            lines.append(f"{'':<13} transformers' {r['hf']['model']}: {r['hf']['step_s'] * 1e3:.1f} ms/step, "
+                         f"{r['hf']['hf_over_ours']:.2f}x ours")
     lines.append(f"MoE step / dense step = {b['moe_over_dense_step']:.3f}")
     if 'dense_mfu' in b: lines.append(f"MFU vs datasheet: dense {b['dense_mfu']:.1%}, MoE {b['moe_mfu']:.1%}")
     return '\n'.join(lines)

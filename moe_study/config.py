@@ -240,7 +240,7 @@ class TrainConfig(_Config):
     sample_tokens: int = 120            # length of the stories sampled at the end of a run
     device: str = 'auto'                # 'auto' | 'cpu' | 'cuda'
     dtype: str = 'auto'                 # 'auto' (bf16 on GPU, fp32 on CPU) | 'fp32' | 'bf16'
-    compile: bool = False
+    compile: bool = True                # torch.compile the training step (eager where no compiler is found)
     threads: int | None = None          # CPU threads a run computes with (None: torch's default)
 
     def __post_init__(self):

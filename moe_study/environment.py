@@ -4,22 +4,26 @@
 
 # %% ../nbs/07c_environment.ipynb #9233b262
 from __future__ import annotations
-import ctypes, getpass, os, platform, re, tempfile
+import ctypes, getpass, os, platform, re, subprocess, tempfile
 from .config import ConfigError
+from .fileio import cache_root
 
 # %% auto #0
-__all__ = ['KERNELS_ENV', 'KERNEL_MODES', 'DEFAULT_KERNELS', 'INDUCTOR_CACHE_ENV', 'KERNEL_PATH_FIELDS', 'kernel_mode',
-           'pin_kernels', 'inductor_cache', 'cpu_model', 'mkl_branch', 'blas', 'kernels_in_effect',
-           'compute_environment', 'kernel_path', 'environment_change', 'describe_path']
+__all__ = ['KERNELS_ENV', 'KERNEL_MODES', 'DEFAULT_KERNELS', 'INDUCTOR_CACHE_ENV', 'MALLOC_ENV', 'KERNEL_PATH_FIELDS',
+           'kernel_mode', 'pin_kernels', 'inductor_cache', 'tune_allocator', 'cpu_model', 'mkl_branch', 'blas',
+           'kernels_in_effect', 'cpp_compiler', 'compute_environment', 'kernel_path', 'environment_change',
+           'describe_path']
 
 # %% ../nbs/07c_environment.ipynb #3664feee
 KERNELS_ENV = 'MOE_STUDY_KERNELS'
-_NO_DYNAMIC_THREADS = {'MKL_DYNAMIC': 'FALSE', 'OMP_DYNAMIC': 'FALSE'}
+_PINNED = {'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'MKL_DYNAMIC': 'FALSE', 'OMP_DYNAMIC': 'FALSE',
+           'TORCHINDUCTOR_CPP_MARCH': 'x86-64-v3'}     # torch.compile's C++: AVX2 and FMA, no AVX-512, whatever the CPU
 KERNEL_MODES = {         # mode: the variables it sets, before torch computes anything
-    'portable': {'ATEN_CPU_CAPABILITY': 'avx2', 'MKL_CBWR': 'AVX2,STRICT', 'ONEDNN_MAX_CPU_ISA': 'AVX2', **_NO_DYNAMIC_THREADS},
-    'compatible': {'ATEN_CPU_CAPABILITY': 'avx2', 'MKL_CBWR': 'COMPATIBLE', 'ONEDNN_MAX_CPU_ISA': 'AVX2', **_NO_DYNAMIC_THREADS},
+    'portable': {**_PINNED, 'MKL_CBWR': 'AVX2,STRICT'},
+    'compatible': {**_PINNED, 'MKL_CBWR': 'COMPATIBLE'},
     'native': {},
 }
+_X86_ONLY = ('TORCHINDUCTOR_CPP_MARCH',)     # an x86 -march would break the compiler elsewhere
 DEFAULT_KERNELS = 'portable'
 
 def kernel_mode(environ=None) -> str:
@@ -32,27 +36,50 @@ def kernel_mode(environ=None) -> str:
 def pin_kernels(mode: str | None = None, environ=None) -> str:
     """Set the variables of kernel `mode` (default: `kernel_mode()`) in `environ` (default: this process's), and
     `MOE_STUDY_KERNELS`, so that processes started from here pin the same; give `torch.compile` a cache of the
-    mode's own (`inductor_cache`). Call it before torch computes anything; returns the mode."""
+    mode's own (`inductor_cache`) and tune the allocator (`tune_allocator`). Call it before torch computes anything;
+    returns the mode."""
+    this_process = environ is None
     environ = os.environ if environ is None else environ
     mode = kernel_mode({KERNELS_ENV: mode} if mode else environ)
     environ[KERNELS_ENV] = mode
-    environ.update(KERNEL_MODES[mode])
+    x86 = platform.machine() in ('x86_64', 'AMD64')
+    environ.update({k: v for k, v in KERNEL_MODES[mode].items() if x86 or k not in _X86_ONLY})
     environ[INDUCTOR_CACHE_ENV] = inductor_cache(mode, environ)
+    environ.update(MALLOC_ENV)                   # children tune from their first allocation,
+    if this_process: tune_allocator()            # this process from now on
     return mode
 
 INDUCTOR_CACHE_ENV = 'TORCHINDUCTOR_CACHE_DIR'
 
 def inductor_cache(mode: str, environ) -> str:
-    """A folder of inductor's on-disk cache for the kernel mode and ATen level `environ` asks for, inside the one it
-    would use anyway. Its cache keys do not hold the vector ISA that `ATEN_CPU_CAPABILITY` picks: CPU kernels compiled
-    for AVX-512 were reused by an AVX2-pinned process and computed NaN (torch 2.13)."""
+    """A folder of inductor's on-disk cache for the kernel mode and ATen level `environ` asks for, inside
+    `$TORCHINDUCTOR_CACHE_DIR` if set, else beside the token caches (runs/_cache/inductor: a study compiles each
+    shape once, whichever run comes first). Its cache keys do not hold the vector ISA that `ATEN_CPU_CAPABILITY`
+    picks: CPU kernels compiled for AVX-512 were reused by an AVX2-pinned process and computed NaN (torch 2.13)."""
     base = environ.get(INDUCTOR_CACHE_ENV)
     if base is None:
-        try: user = getpass.getuser()
-        except (KeyError, OSError): user = str(os.getuid())
-        base = os.path.join(tempfile.gettempdir(), f"torchinductor_{re.sub(r'[^A-Za-z0-9_.-]', '_', user)}")
+        try: base = str(cache_root() / 'inductor')
+        except FileNotFoundError:                          # outside a project: where inductor would put it
+            try: user = getpass.getuser()
+            except (KeyError, OSError): user = str(os.getuid())
+            base = os.path.join(tempfile.gettempdir(), f"torchinductor_{re.sub(r'[^A-Za-z0-9_.-]', '_', user)}")
     if os.path.basename(base).startswith('moe_study-'): base = os.path.dirname(base)    # pinned before: one level
     return os.path.join(base, f"moe_study-{mode}-{environ.get('ATEN_CPU_CAPABILITY') or 'auto'}")
+
+MALLOC_ENV = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(1 << 30)}   # glibc reads these when a process starts
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4                                          # malloc.h
+_GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
+
+def tune_allocator(on: bool = True) -> bool:
+    """Keep freed memory in this process (`on`) or restore glibc's defaults. glibc serves large blocks with fresh
+    pages from the kernel and hands them back when freed, so a training step faulted in 3,000 to 6,000 new pages
+    (4–12 ms); with no mmap and a 1 GiB trim threshold it reuses them. The arithmetic is untouched.
+    Returns whether glibc took it (False elsewhere: macOS, musl, Windows)."""
+    if platform.libc_ver()[0] != 'glibc': return False
+    try: mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError): return False
+    values = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30} if on else _GLIBC_DEFAULTS
+    return all(mallopt(k, v) == 1 for k, v in values.items())
 
 # %% ../nbs/07c_environment.ipynb #5107c167
 _MKL_BRANCHES = {1: 'OFF', 2: 'AUTO', 3: 'COMPATIBLE', 4: 'SSE2', 6: 'SSSE3', 7: 'SSE4_1', 8: 'SSE4_2', 9: 'AVX',
@@ -98,6 +125,17 @@ def kernels_in_effect(asked: str, cpu_capability: str, branch: str | None) -> st
     if mkl and branch is not None and branch.split(',')[0] not in accepted: return 'native'
     return asked
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler `torch.compile` builds CPU kernels with, as 'name version, -march=target' (the code it
+    generates depends on both), or None when there is none."""
+    from torch._inductor import config, cpp_builder, exc
+    try: cxx = cpp_builder.get_cpp_compiler()
+    except (exc.InvalidCxxCompiler, OSError, RuntimeError): return None
+    try: first = subprocess.run([cxx, '--version'], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError): first = ''
+    version = first.split()[-1] if first.split() else 'unknown version'
+    return f"{os.path.basename(cxx)} {version}, -march={config.cpp.march or 'native'}"
+
 def compute_environment() -> dict:
     """Where this process computes: the kernel mode asked for and the one in effect, the kernels it dispatches to,
     its threads, versions and devices."""
@@ -107,12 +145,14 @@ def compute_environment() -> dict:
             'machine': platform.machine(), 'cpu': cpu_model(),
             'cpu_capability': capability, 'blas': blas(), 'mkl_branch': branch,
             'onednn_max_isa': os.environ.get('ONEDNN_MAX_CPU_ISA'), 'threads': torch.get_num_threads(),
+            'compiler': cpp_compiler(),
             'torch': torch.__version__, 'cuda': torch.version.cuda, 'cudnn': torch.backends.cudnn.version() if gpu else None,
             'gpu': torch.cuda.get_device_name() if gpu else None, 'python': platform.python_version(),
             'os': f"{platform.system()} {platform.release()}"}
 
 # %% ../nbs/07c_environment.ipynb #2e20b857
-KERNEL_PATH_FIELDS = ('machine', 'cpu_capability', 'mkl_branch', 'onednn_max_isa', 'threads', 'torch', 'cuda', 'cudnn', 'gpu')
+KERNEL_PATH_FIELDS = ('machine', 'cpu_capability', 'mkl_branch', 'onednn_max_isa', 'threads', 'compiler', 'torch', 'cuda',
+                      'cudnn', 'gpu')
 
 def kernel_path(env: dict | None) -> dict | None:
     "The fields of a compute environment that decide a run's bits (None: not recorded)."
@@ -134,4 +174,5 @@ def describe_path(path: dict | None) -> str:
     if path is None: return 'not recorded'
     where = path['gpu'] or path.get('cpu') or f"any {path['machine']} CPU with {path['cpu_capability']}"
     return (f"{where}: ATen {path['cpu_capability']}, MKL {path['mkl_branch']}, {path['threads']} thread"
-            f"{'s' if path['threads'] != 1 else ''}, torch {path['torch']}")
+            f"{'s' if path['threads'] != 1 else ''}, torch {path['torch']}"
+            + (f", compiled by {path['compiler']}" if path.get('compiler') else ''))

@@ -14,7 +14,7 @@ from .moe import MoE, build_ffn
 
 # %% auto #0
 __all__ = ['RESIDUAL_PROJECTIONS', 'RMSNorm', 'rope_tables', 'rotate_half', 'apply_rope', 'Attention', 'DecoderOutput',
-           'DecoderLayer', 'param_generator', 'init_weights', 'Decoder']
+           'DecoderLayer', 'param_generator', 'init_weights', 'FusedCrossEntropy', 'cross_entropy', 'Decoder']
 
 # %% ../nbs/05_model.ipynb #5df98fcc
 class RMSNorm(nn.Module):
@@ -105,6 +105,32 @@ def init_weights(model: nn.Module, cfg: ModelConfig, seed: int = 0) -> None:
             else: p.normal_(0.0, resid_std if name.endswith(RESIDUAL_PROJECTIONS) else cfg.init_std,
                             generator=param_generator(seed, name, p.device))
 
+# %% ../nbs/05_model.ipynb #13a2940c
+class FusedCrossEntropy(torch.autograd.Function):
+    "Mean cross-entropy of `logits` (N, V) against `targets` (N,), skipping `ignore_index`; computed in fp32."
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        valid = targets != ignore_index
+        safe = torch.where(valid, targets, 0)
+        lse = torch.logsumexp(logits.float(), -1)
+        target_logit = logits.gather(1, safe.unsqueeze(1)).squeeze(1).float()
+        n = valid.sum()
+        ctx.save_for_backward(logits, lse, safe, valid, n)
+        return torch.where(valid, lse - target_logit, 0.0).sum() / n
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, lse, safe, valid, n = ctx.saved_tensors
+        scale = (grad / n * valid).unsqueeze(1)                     # 1/N on each counted row, 0 on ignored ones
+        g = torch.sub(logits.float(), lse.unsqueeze(1)).exp_().mul_(scale)      # softmax / N, in one buffer
+        g.scatter_add_(1, safe.unsqueeze(1), -scale)                            # minus 1/N at the target
+        return g.to(logits.dtype), None, None
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    "The training objective: `FusedCrossEntropy` under `torch.compile`, ATen's `F.cross_entropy` in eager mode."
+    if torch.compiler.is_compiling(): return FusedCrossEntropy.apply(logits, targets, ignore_index)
+    return F.cross_entropy(logits.float(), targets, ignore_index=ignore_index)
+
 # %% ../nbs/05_model.ipynb #76edef8d
 class Decoder(nn.Module):
     "A LLaMA-style decoder-only language model; dense or MoE feed-forward blocks as `cfg.ffn` says."
@@ -138,7 +164,7 @@ class Decoder(nn.Module):
         router_losses = {name: torch.stack([l[name] for l in per_layer]).mean() if per_layer else zero
                          for name in self.cfg.router_losses}
         if targets is None: return DecoderOutput(logits, None, None, router_losses)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        ce = cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return DecoderOutput(logits, ce + self.router_objective(router_losses), ce, router_losses)
 
     def router_objective(self, router_losses: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -274,7 +274,7 @@ ISOFLOP_RATIOS = (8, 20, 50, 125)                   # tokens per active paramete
 SEED_STUDY_MODEL = ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=688, context_len=512,
                                ffn='moe', n_experts=4, top_k=2, d_expert=688)
 SEED_STUDY_TRAIN = TrainConfig(batch_size=64, epochs=1.0, lr=2e-3, warmup_steps=500, eval_every=1000, log_every=50,
-                               checkpoint_every=1000, compile=True)
+                               checkpoint_every=1000)
 STORIES_GPU_DATA = DataConfig(train_docs=2_000_000, val_docs=10_000, n_characters=500, tokenizer_docs=200_000)
 
 STUDIES: dict[str, Study] = {p.name: p for p in (
@@ -283,7 +283,9 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
                              ffn='moe', n_experts=4, top_k=2, d_expert=176),
                  DataConfig(train_docs=2_000, val_docs=200, n_characters=100, eval_tokens=8_192),
                  TrainConfig(batch_size=8, max_steps=30, warmup_steps=5, eval_every=10, log_every=5,
-                             checkpoint_every=10, sample_tokens=24, threads=1), seeds=(0, 1)),
+                             checkpoint_every=10, sample_tokens=24, threads=1,
+                             compile=False),      # eager: tests train it often; tests/test_compile.py compiles
+                 seeds=(0, 1)),
     dense_vs_moe('cpu', "the embedded default study: width 24, 4 layers, 800 steps of 32 × 128 tokens on two CPU cores",
                  CPU_MODEL, CPU_DATA, CPU_TRAIN, seeds=(0, 1, 2, 3, 4, 5), design_seeds=(0, 1, 2),
                  design_search=CPU_DESIGN_SEARCH,
@@ -311,7 +313,7 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
                     ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=4040, context_len=512),
                     DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
                     TrainConfig(batch_size=64, max_steps=2500, lr=2e-3, warmup_steps=250, eval_every=250, log_every=50,
-                                checkpoint_every=250, compile=True, unique_tokens=2500 * 64 * 512),
+                                checkpoint_every=250, unique_tokens=2500 * 64 * 512),
                     EQUAL_RATES),
     isoflop_sweep('isoflop_cpu', "IsoFLOP sweeps on two CPU cores: 2 budgets × 4 sparsities × 4 sizes (widths 20 to 48), "
                   "a second seed at the first budget", ISOFLOP_REFERENCE, CPU_DATA, ISOFLOP_CPU_TRAIN, (1e12, 2e12),
@@ -323,7 +325,7 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
                   d_ff=688, context_len=512, ffn='moe', n_experts=8, top_k=2, d_expert=344),
                   DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
                   TrainConfig(batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, log_every=50,
-                              checkpoint_every=500, compile=True),
+                              checkpoint_every=500),
                   (1e16, 3e16), ISOFLOP_EXPERTS, ISOFLOP_RATIOS, noise_budget=0, seeds=(0,), match_multiple=8),
     dense_vs_moe('tinystories', "the seed study's regime: TinyStories, one GPU, ~20M parameters stored",
                  SEED_STUDY_MODEL, DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .checkpoint import (NonFiniteWeights, TrainingError, resume, save_checkpoint, truncate_metrics)
 from .config import ConfigError, TrainConfig, positive_int
 from .data import TokenCache, load_data, val_batches
-from .environment import compute_environment, describe_path, environment_change, kernel_path, pin_kernels
+from .environment import compute_environment, cpp_compiler, describe_path, environment_change, kernel_path, pin_kernels
 from .device import World, autocast, cpu_threads, peak_flops, process_group, resolve_device, run_threads
 from .fileio import exclusive, naming, write_atomic, write_json_atomic
 from .identity import RunSpec, describe_run, finished_summary, plan_run, resolve_run, run_dir
@@ -25,8 +25,9 @@ from .studies import Study
 
 # %% auto #0
 __all__ = ['SEQUENCE_FILES', 'LAUNCHER_ENV', 'TIMING_FIELDS', 'make_optimizer', 'lr_at', 'evaluate', 'NonFiniteLoss',
-           'forward_backward', 'train_step', 'graph_breaks', 'compile_step', 'sample_stories', 'RunWriter',
-           'LauncherWatch', 'train', 'validate', 'train_record', 'run_environment', 'run_loop', 'read_metrics']
+           'forward_backward', 'train_step', 'graph_breaks', 'compile_step', 'compile_blocker', 'step_function',
+           'sample_stories', 'RunWriter', 'LauncherWatch', 'train', 'validate', 'train_record', 'run_environment',
+           'run_loop', 'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #bbbc1f00
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -77,12 +78,12 @@ def forward_backward(model: Decoder, x: torch.Tensor, y: torch.Tensor, device: t
     o.loss.backward()
     return DecoderOutput(None, o.loss.detach(), o.ce_loss.detach(), {k: v.detach() for k, v in o.router_losses.items()})
 
-def train_step(model: Decoder, step_model, optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
-               grad_clip: float, device: torch.device, dtype: torch.dtype):
-    """One optimizer step at learning rate `lr`; returns (output, grad norm). A non-finite loss or gradient norm
-    raises `NonFiniteLoss` before the optimizer changes anything (one host sync per step checks both)."""
+def train_step(model: Decoder, step, optimizer, x: torch.Tensor, y: torch.Tensor, lr: float, grad_clip: float):
+    """One optimizer step at learning rate `lr`, `step(x, y)` running forward and backward (`step_function`);
+    returns (output, grad norm). A non-finite loss or gradient norm raises `NonFiniteLoss` before the optimizer
+    changes anything (one host sync per step checks both)."""
     for g in optimizer.param_groups: g['lr'] = lr
-    o = forward_backward(step_model, x, y, device, dtype)
+    o = step(x, y)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     if not bool(torch.isfinite(o.loss) & torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
@@ -107,6 +108,23 @@ def compile_step(model: Decoder, device: torch.device, dtype: torch.dtype, backe
     def step(x, y):
         with torch._dynamo.config.patch(trace_autograd_ops=True): return compiled(model, x, y, device, dtype)
     return step
+
+def compile_blocker(device: torch.device) -> str | None:
+    "Why `torch.compile` cannot build this device's kernels here, or None when it can."
+    if device.type == 'cpu' and cpp_compiler() is None:
+        return "inductor found no C++ compiler for the CPU kernels (install g++, or set CXX to one)"
+    return None
+
+def step_function(model: torch.nn.Module, compile: bool, device: torch.device, dtype: torch.dtype):
+    """`step(x, y)`: `forward_backward` of `model`, compiled as one graph when `compile` (under DDP the module is
+    compiled instead), eager when not or when it cannot be (one warning); and whether it compiles."""
+    why = compile and compile_blocker(device)
+    if why: warnings.warn(f"training eager, not compiled: {why}", stacklevel=2)
+    if not compile or why: return (lambda x, y: forward_backward(model, x, y, device, dtype)), False
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        compiled = torch.compile(model)
+        return (lambda x, y: forward_backward(compiled, x, y, device, dtype)), True
+    return compile_step(model, device, dtype), True
 
 # %% ../nbs/08_trainer.ipynb #25b660e0
 def sample_stories(model: Decoder, data: TokenCache, n_tokens: int, device, seed: int,
@@ -281,11 +299,11 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
         ckpt_step = start
     peak = peak_flops(device, dtype)
     env, changes, changed = run_environment(out, ckpt_step, start)
-    writer.config({**describe_run(spec, data, identity, budget, device, dtype, peak), 'world_size': w.size,
-                   'environment': env, 'environment_changes': changes})
     # data parallel: gradients averaged over ranks; buffers stay per rank (routers sum what they need, chapter 03a)
     parallel = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if w.size > 1 else model
-    step_model = torch.compile(parallel) if cfg.compile else parallel
+    fwd_bwd, compiled = step_function(parallel, cfg.compile, device, dtype)
+    writer.config({**describe_run(spec, data, identity, budget, device, dtype, peak), 'world_size': w.size,
+                   'compiled': compiled, 'environment': env, 'environment_changes': changes})
     flops_tok, tokens_step = flops_per_token(spec.model), cfg.batch_size * seq_len
     rows = slice(w.rank * cfg.batch_size // w.size, (w.rank + 1) * cfg.batch_size // w.size)   # this rank's slice
 
@@ -304,7 +322,7 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
             lr = lr_at(step, cfg, steps)
             x, y = (t[rows].to(device, non_blocking=True) for t in sampler.batch(step))
             try:
-                o, grad_norm = train_step(model, step_model, optimizer, x, y, lr, cfg.grad_clip, device, dtype)
+                o, grad_norm = train_step(model, fwd_bwd, optimizer, x, y, lr, cfg.grad_clip)
             except NonFiniteLoss as e:
                 raise TrainingError(f"{e} at step {step + 1} in {out}; stopped before the weights changed, and "
                                     f"{_kept(ckpt_step, writer.checkpoint_path)}. This recipe diverges: lower the learning "
