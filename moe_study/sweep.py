@@ -147,8 +147,9 @@ def _finished(study: Study, run: tuple[str, int], path: Path, data) -> RunOutcom
 def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
           execute=execute_run, jobs: int | None = None, running=None) -> list[RunOutcome]:
     """Run every variant × seed of `study` (default: all it declares, each with its own seeds or else the study's)
-    that is not complete, `jobs` at a time (None: `default_jobs`), the costliest first (training FLOPs, else FLOPs
-    per token) so the last to finish are the short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
+    that is not complete, `jobs` at a time (None: `default_jobs`): one run of each variant first (each shape then
+    compiles once, not once per parallel run), then the costliest first (training FLOPs, else FLOPs per token) so
+    the last to finish are the short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
     the variants, the seeds (a repeated one runs once), the corpus, and each finished run's identity.
     An interrupt launches nothing more, stops the running runs (`running.stop()`; default: this machine's `Processes`)
     and raises `Interrupted`. `execute(study, variant, seed, root, running)` runs one run to its end."""
@@ -165,6 +166,8 @@ def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, pro
     outcomes = {run: o for run in todo if (o := _finished(study, run, paths[run], data)) is not None}
     cost = {v: run_budget(study, v).train_flops or flops_per_token(variant_config(study, v)) for v in variants}
     pending = sorted((run for run in todo if run not in outcomes), key=lambda run: -cost[run[0]])
+    first = {v: s for v, s in reversed(pending)}                # each variant's first pending seed
+    pending.sort(key=lambda run: first[run[0]] != run[1])       # stable: the costliest order within each part
     processes = running if running is not None else Processes()
 
     def execute_one(run) -> RunOutcome:
