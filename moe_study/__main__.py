@@ -137,7 +137,10 @@ def run_train(args) -> int:
 def add_bench_command(sub) -> None:
     p = sub.add_parser('bench', help="train-step throughput: MoE vs dense_active, and fraction of peak FLOP/s",
                        description="Measure the device's matmul peak and the train-step time of dense_active and "
-                                   "moe in one run; print the ratio and the achieved fractions of the peak.")
+                                   "moe in one run, as the trainer runs it (compiled when the preset compiles); print "
+                                   "the ratio, the achieved fractions of the peak, the compile time with an empty and "
+                                   "a warm cache, and transformers' Llama and Mixtral on the same weights when "
+                                   "transformers is installed.")
     add_preset_argument(p, None, changes=False)   # default: cpu on a CPU, tinystories on a GPU
     p.add_argument('--steps', type=int, default=20, help="timed steps per model (default: 20)")
     p.add_argument('--threads', type=int, default=None,

@@ -14,7 +14,7 @@ from .device import cpu_threads, measure_matmul_peak, peak_flops, resolve_device
 from .model import Decoder
 from .params import flops_per_token, match_dense
 from .environment import INDUCTOR_CACHE_ENV, compute_environment, describe_path, kernel_path, tune_allocator
-from .trainer import graph_breaks, make_optimizer, step_function, train_step
+from .trainer import compile_blocker, graph_breaks, make_optimizer, step_function, train_step
 
 # %% auto #0
 __all__ = ['benchmark', 'compile_times', 'hf_twins', 'hf_train_step', 'format_benchmark']
@@ -105,7 +105,7 @@ def _benchmark(preset: Study, cfg: TrainConfig, device: torch.device, steps: int
     batches = {v: torch.randint(0, c.vocab_size, (cfg.batch_size, seq_len + 1), generator=g).to(device)
                for v, c in configs.items()}
     breaks = {v: graph_breaks(m, batches[v][:, :-1], batches[v][:, 1:], device, dtype) for v, m in models.items()}
-    compiles = compile_times(models, batches, cfg, device, dtype) if cfg.compile else {}
+    compiles = compile_times(models, batches, cfg, device, dtype) if cfg.compile and not compile_blocker(device) else {}
     twins = hf_twins(models, device) if hf else {}
 
     # every step function, ours and transformers', timed in one alternation
