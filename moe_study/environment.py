@@ -72,8 +72,8 @@ _GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
 
 def tune_allocator(on: bool = True) -> bool:
     """Keep freed memory in this process (`on`) or restore glibc's defaults. glibc serves large blocks with fresh
-    pages from the kernel and hands them back when freed, so a training step faulted in 3,000 to 6,000 new pages
-    (4–12 ms); with no mmap and a 1 GiB trim threshold it reuses them. The arithmetic is untouched.
+    pages from the kernel and hands them back when freed, so a training step faulted in thousands of new pages;
+    with no mmap and a 1 GiB trim threshold it reuses them. The arithmetic is untouched.
     Returns whether glibc took it (False elsewhere: macOS, musl, Windows)."""
     if platform.libc_ver()[0] != 'glibc': return False
     try: mallopt = ctypes.CDLL(None).mallopt
