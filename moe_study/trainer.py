@@ -116,15 +116,16 @@ def compile_blocker(device: torch.device) -> str | None:
     return None
 
 def step_function(model: torch.nn.Module, compile: bool, device: torch.device, dtype: torch.dtype):
-    """`step(x, y)`: `forward_backward` of `model`, compiled as one graph when `compile` (under DDP the module is
-    compiled instead), eager when not or when it cannot be (one warning); and whether it compiles."""
+    """`step(x, y)`: `forward_backward` of `model`, compiled when `compile`, eager when not or when it cannot be (one
+    warning); and whether it compiles. On one CPU process the whole step is one graph (`compile_step`); on a GPU
+    and under DDP the module is compiled, as before (the whole-step graph is verified on CPUs only)."""
     why = compile and compile_blocker(device)
     if why: warnings.warn(f"training eager, not compiled: {why}", stacklevel=2)
     if not compile or why: return (lambda x, y: forward_backward(model, x, y, device, dtype)), False
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        compiled = torch.compile(model)
-        return (lambda x, y: forward_backward(compiled, x, y, device, dtype)), True
-    return compile_step(model, device, dtype), True
+    if device.type == 'cpu' and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return compile_step(model, device, dtype), True
+    compiled = torch.compile(model)
+    return (lambda x, y: forward_backward(compiled, x, y, device, dtype)), True
 
 # %% ../nbs/08_trainer.ipynb #25b660e0
 def sample_stories(model: Decoder, data: TokenCache, n_tokens: int, device, seed: int,
