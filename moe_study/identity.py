@@ -17,15 +17,19 @@ from .params import Budget, count_params, flops_per_token, run_budget, variant_c
 from .studies import Study, study_with
 
 # %% auto #0
-__all__ = ['runs_root', 'run_dir', 'git_commit', 'RunSpec', 'resolve_run', 'run_identity', 'plan_run', 'finished_summary',
-           'describe_run']
+__all__ = ['runs_root', 'lr_label', 'run_dir', 'git_commit', 'RunSpec', 'resolve_run', 'run_identity', 'plan_run',
+           'finished_summary', 'describe_run']
 
 # %% ../nbs/07b_identity.ipynb #b389e60d
 def runs_root() -> Path: return project_root() / 'runs'
 
-def run_dir(study: str, variant: str, seed: int, root: Path | None = None) -> Path:
-    "runs/<study>/<variant>/seed<k>/"
-    return Path(root or runs_root()) / study / variant / f"seed{seed}"
+def lr_label(lr: float) -> str: return f"lr{lr:.4g}"
+
+def run_dir(study: str, variant: str, seed: int, root: Path | None = None, lr: float | None = None) -> Path:
+    """runs/<study>/<variant>/seed<k>/; a tuning run, at a learning rate `lr` from the grid:
+    runs/<study>/_tune/<variant>/lr<lr>/seed<k>/ (chapter 10a)."""
+    base = Path(root or runs_root()) / study
+    return (base / variant if lr is None else base / '_tune' / variant / lr_label(lr)) / f"seed{seed}"
 
 def git_commit() -> str | None:
     try:
@@ -44,11 +48,15 @@ class RunSpec:
     train: TrainConfig
 
 def resolve_run(preset: Study | str, variant: str, seed: int, data: str | None = None,
-                overrides: dict | None = None) -> RunSpec:
-    "The run of `variant` with `seed` in `preset`, changed by a user's `data` and `overrides` (see `study_with`)."
+                overrides: dict | None = None, lr: float | None = None) -> RunSpec:
+    """The run of `variant` with `seed` in `preset`, changed by a user's `data` and `overrides` (see `study_with`),
+    at the learning rate the study gives the variant (`Study.variant_train`), or at `lr` for a tuning run."""
     study = study_with(preset, data, overrides)
     if not valid_seed(seed): raise ConfigError(f"seed={seed!r}: must be an integer from 0 to {MAX_SEED}")
-    return RunSpec(study, variant, seed, variant_config(study, variant), study.train)
+    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < float('inf')):
+        raise ConfigError(f"lr={lr!r}: a tuning run's learning rate must be a finite positive number")
+    model = variant_config(study, variant)
+    return RunSpec(study, variant, seed, model, study.variant_train(variant) if lr is None else study.train.replace(lr=lr))
 
 def run_identity(spec: RunSpec, data: TokenCache, budget: Budget) -> dict:
     "What a run is: a resume, and a finished run's reuse, must match it exactly."

@@ -4,20 +4,20 @@
 
 # %% ../nbs/00a_studies.ipynb #721aba24
 from __future__ import annotations
-import dataclasses, hashlib, json, os, re
+import dataclasses, hashlib, json, math, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import (MATCH_TARGETS, MAX_SEED, RENAMED_BUDGETS, Checks, ConfigError, DataConfig, ModelConfig, TrainConfig,
                               _is_number, _upgrade_router, config_from_dict, positive_int, valid_seed)
 
 # %% auto #0
-__all__ = ['MATCH_RESIZE', 'BUDGETS', 'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS', 'EQUAL_MOE', 'EQUAL_RATES',
-           'EQUAL_CPU_TRAIN', 'ISOFLOP', 'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY', 'SEED_STUDY_SOURCE',
-           'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN', 'CPU_DESIGN_SEARCH',
-           'ABLATIONS', 'ISOFLOP_REFERENCE', 'ISOFLOP_CPU_TRAIN', 'ISOFLOP_EXPERTS', 'ISOFLOP_RATIOS',
-           'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN', 'STORIES_GPU_DATA', 'STUDIES', 'OVERRIDE_SECTIONS', 'Variant',
-           'Comparison', 'Study', 'equal_resources', 'isoflop_sweep', 'dense_vs_moe', 'study_to_dict',
-           'study_from_dict', 'get_preset', 'study_with']
+__all__ = ['MATCH_RESIZE', 'BUDGETS', 'TUNING_RULES', 'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS', 'EQUAL_MOE',
+           'EQUAL_RATES', 'EQUAL_CPU_TRAIN', 'ISOFLOP', 'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY',
+           'SEED_STUDY_SOURCE', 'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN',
+           'CPU_LRS', 'CPU_TUNING', 'CPU_DESIGN_SEARCH', 'ABLATIONS', 'ISOFLOP_REFERENCE', 'ISOFLOP_CPU_TRAIN',
+           'ISOFLOP_EXPERTS', 'ISOFLOP_RATIOS', 'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN', 'STORIES_GPU_DATA', 'STUDIES',
+           'OVERRIDE_SECTIONS', 'Variant', 'Comparison', 'Tuning', 'check_tuning', 'Study', 'equal_resources',
+           'isoflop_sweep', 'dense_vs_moe', 'study_to_dict', 'study_from_dict', 'get_preset', 'study_with']
 
 # %% ../nbs/00a_studies.ipynb #fc0f7955
 MATCH_RESIZE = ('ffn', 'width')
@@ -92,6 +92,55 @@ class Comparison:
     published: float | None = None  # a paper's value to show beside ours (None: derived from the study's
                                     # published variant numbers when it has both, else none)
 
+# %% ../nbs/00a_studies.ipynb #9b0feab2
+TUNING_RULES = ('per_variant', 'shared', 'fitted')
+
+@dataclass(frozen=True)
+class Tuning:
+    "How a study's arms get their learning rates: a log-spaced grid tried on design seeds, and the rule choosing from it."
+    lrs: tuple[float, ...]                  # the grid, ascending, log-spaced; it holds the recipe's train.lr (the shared arm)
+    seeds: tuple[int, ...]                  # the seeds that tune: design seeds, so no claim rests on them
+    rule: str = 'per_variant'               # 'per_variant' | 'shared' | 'fitted'
+    extend: int = 2                         # points an optimum on the grid's edge may add beyond it, per direction
+    anchors: tuple[str, ...] = ()           # 'fitted': the variants tuned; every variant gets the fitted law's lr
+    inherit: dict = field(default_factory=dict)     # variant -> the variant whose lr it takes (a twin, its partner)
+    chosen: dict = field(default_factory=dict)      # variant -> lr the tuning chose, shipped with the declaration
+
+    def __post_init__(self):
+        c = Checks(self, "Tuning")
+        lrs = self.lrs
+        c.need(isinstance(lrs, tuple) and len(lrs) >= 3 and all(_is_number(x) and x > 0 for x in lrs)
+               and all(a < b for a, b in zip(lrs, lrs[1:])), 'lrs',
+               "must be three or more positive learning rates in ascending order (log-spaced)")
+        c.need(isinstance(self.seeds, tuple) and len(self.seeds) > 0 and all(map(valid_seed, self.seeds))
+               and len(set(self.seeds)) == len(self.seeds), 'seeds', f"must be one or more distinct integers from 0 to {MAX_SEED}")
+        c.need(self.rule in TUNING_RULES, 'rule', f"must be one of {TUNING_RULES}")
+        c.need(isinstance(self.extend, int) and not isinstance(self.extend, bool) and 0 <= self.extend <= 10, 'extend',
+               "must be an integer from 0 to 10 (grid points an edge optimum may add in its direction)")
+        c.need(isinstance(self.anchors, tuple) and (self.rule != 'fitted' or len(self.anchors) >= 2), 'anchors',
+               "must name two or more variants with rule='fitted' (the law is fitted through them)")
+        c.need(isinstance(self.inherit, dict) and not set(self.inherit) & set(self.inherit.values()), 'inherit',
+               "must map a variant to the variant whose lr it takes, and that one must be tuned (no chains)")
+        c.need(isinstance(self.chosen, dict) and all(_is_number(x) and x > 0 for x in self.chosen.values()), 'chosen',
+               "must map variants to positive learning rates")
+        c.raise_all()
+
+    @property
+    def tuned(self) -> bool: return self.rule != 'shared'
+
+def check_tuning(t: Tuning, names: list[str], shared_lr: float) -> list[str]:
+    "What a study's `tuning` gets wrong about that study: unknown variants, and a grid without the shared lr."
+    bad = [f"tuning.{what} names {v!r}, which is not a declared variant ({', '.join(names)})"
+           for what, vs in (('anchors', t.anchors), ('inherit', [*t.inherit, *t.inherit.values()]), ('chosen', t.chosen))
+           for v in vs if v not in names]
+    if not any(math.isclose(x, shared_lr, rel_tol=1e-9) for x in t.lrs):
+        bad.append(f"tuning.lrs={t.lrs} must hold the recipe's train.lr={shared_lr:g}: that is the shared arm the "
+                   "report sets beside the tuned one")
+    if t.chosen and t.rule != 'shared' and set(t.chosen) != set(names):
+        bad.append(f"tuning.chosen must give every variant its lr (missing: {', '.join(sorted(set(names) - set(t.chosen)))}),"
+                   " or be left out so that the study tunes first")
+    return bad
+
 # %% ../nbs/00a_studies.ipynb #28c46377
 @dataclass(frozen=True)
 class Study:
@@ -112,6 +161,7 @@ class Study:
     question: str = ''                      # what the study asks, in a sentence or two (the report's opening)
     match_multiple: int = 8                 # the solver's sizes are multiples of this
     exact_pairing: bool = False             # runs must share one kernel path (chapter 07c): a mix is refused, not flagged
+    tuning: Tuning | None = None            # how each arm gets its learning rate (None: every arm at train.lr)
     base: str | None = None                 # the preset a user's overrides were applied to
     overrides: dict = field(default_factory=dict)   # those overrides, as 'section.field': value
 
@@ -141,6 +191,9 @@ class Study:
         for v in self.variants:
             if v.granularity > 1 and not self.model.replace(**v.overrides).is_moe:
                 c.problems.append(f"variant {v.name!r}: granularity={v.granularity} needs an MoE (ffn='moe')")
+        if self.tuning is not None:
+            if c.need(isinstance(self.tuning, Tuning), 'tuning', "must be a Tuning (or None)"):
+                c.problems += check_tuning(self.tuning, names, self.train.lr)
         c.raise_all()
 
     @property
@@ -151,6 +204,22 @@ class Study:
         for v in self.variants:
             if v.name == name: return v
         raise ConfigError(f"unknown variant {name!r} in study {self.name!r}; valid variants: {', '.join(self.variant_names)}")
+
+    def variant_lr(self, name: str) -> float | None:
+        """The learning rate `name` trains at: the tuned one the declaration ships (or a partner's it inherits), the
+        recipe's `train.lr` for an untuned study or the `shared` rule, None when the study must tune first."""
+        self.variant(name)
+        t = self.tuning
+        if t is None or not t.tuned: return self.train.lr
+        return t.chosen.get(t.inherit.get(name, name)) if t.chosen else None
+
+    def variant_train(self, name: str) -> TrainConfig:
+        "The recipe `name` trains with: the study's, at `variant_lr(name)`; a `ConfigError` if it is not tuned yet."
+        lr = self.variant_lr(name)
+        if lr is None:
+            raise ConfigError(f"study {self.name!r} tunes its learning rates and has not chosen one for {name!r} yet; run "
+                              f"`python -m moe_study study --preset {self.name}` (it tunes first), or declare tuning.chosen")
+        return self.train if lr == self.train.lr else self.train.replace(lr=lr)
 
     def published_gap(self, g: Comparison) -> float | None:
         "The comparison's published value: declared, or the difference of the two published variant means."
@@ -246,6 +315,9 @@ CPU_DATA = DataConfig(train_docs=20_000, val_docs=1_000, n_characters=400, eval_
 CPU_TRAIN = TrainConfig(batch_size=32, max_steps=800, lr=5e-3, warmup_steps=80, eval_every=100, log_every=20,
                         checkpoint_every=100, threads=1)
 
+CPU_LRS = (1.768e-3, 2.973e-3, 5e-3, 8.409e-3, 1.414e-2)     # 5e-3 · 2^(3k/4), k = -2..2: 8 times from end to end
+CPU_TUNING = Tuning(CPU_LRS, seeds=(0, 1, 2))
+
 CPU_DESIGN_SEARCH = ("Twelve designs (widths 24 to 128, depths, FFN sizes, learning rates and step counts) were tried on "
                      "seeds 0, 1 and 2 and this one kept, by the criterion that the matched-active gap exceed twice its "
                      "seed-to-seed standard deviation within a 15-minute budget on two CPU cores. Seeds 3, 4 and 5 played "
@@ -287,8 +359,8 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
                              compile=False),      # eager: tests train it often; tests/test_compile.py compiles
                  seeds=(0, 1)),
     dense_vs_moe('cpu', "the embedded default study: width 24, 4 layers, 800 steps of 32 × 128 tokens on two CPU cores",
-                 CPU_MODEL, CPU_DATA, CPU_TRAIN, seeds=(0, 1, 2, 3, 4, 5), design_seeds=(0, 1, 2),
-                 design_search=CPU_DESIGN_SEARCH,
+                 CPU_MODEL, CPU_DATA, CPU_TRAIN, seeds=(0, 1, 2, 3, 4, 5, 6, 7, 8), design_seeds=(0, 1, 2),
+                 design_search=CPU_DESIGN_SEARCH, tuning=CPU_TUNING,
                  match_multiple=1,      # at width 24 a grid of 8 misses the active count by 0.8%
                  exact_pairing=True),   # its committed numbers are promised bit for bit (README)
     Study('ablations_cpu', "the cpu study's MoE against its router and balancing settings",
@@ -361,6 +433,10 @@ def study_from_dict(d: dict) -> Study:
     except KeyError as e: raise ConfigError(f"a study declaration needs {e}") from None
     for s in ('seeds', 'design_seeds'):
         if s in d: d[s] = tuple(d[s])
+    if isinstance(d.get('tuning'), dict):
+        t = {k: tuple(v) if k in ('lrs', 'seeds', 'anchors') and isinstance(v, list) else v for k, v in d['tuning'].items()}
+        try: d['tuning'] = config_from_dict(Tuning, t)
+        except TypeError as e: raise ConfigError(f"tuning: {e} (its fields: lrs, seeds, rule, extend, anchors, inherit, chosen)") from None
     d['published'] = {k: tuple(v) for k, v in d.get('published', {}).items()}
     return config_from_dict(Study, {**d, **sections, 'variants': variants, 'comparisons': comparisons})
 
@@ -406,6 +482,7 @@ def study_with(preset: Study | str, data: str | None = None, overrides: dict | N
     root = base.base or base.name
     effective = {**base.overrides, **effective}
     digest = hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()[:8]
-    return dataclasses.replace(base, name=f"{root}-{digest}", base=root, overrides=effective,
+    tuning = None if 'train.lr' in effective else base.tuning      # one lr asked for: every arm trains at it
+    return dataclasses.replace(base, name=f"{root}-{digest}", base=root, overrides=effective, tuning=tuning,
                                description=f"{base.description}; changed: " +
                                            ", ".join(f"{k}={v!r}" for k, v in effective.items()), **parts)

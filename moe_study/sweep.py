@@ -92,21 +92,22 @@ class Processes:
             except psutil.NoSuchProcess: pass
         return len(running)
 
-def execute_run(study: Study, variant: str, seed: int, root: Path, processes: Processes) -> Path:
+def execute_run(study: Study, variant: str, seed: int, root: Path, processes: Processes, lr: float | None = None) -> Path:
     """Execute nbs/train.ipynb for one run in its own papermill process (so that runs can execute side by
-    side); the executed notebook is saved as <run>/train.ipynb."""
-    out = run_dir(study.name, variant, seed, root)
+    side); the executed notebook is saved as <run>/train.ipynb. `lr`: a tuning run (chapter 10a)."""
+    out = run_dir(study.name, variant, seed, root, lr)
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, '-m', 'papermill', str(notebook('train.ipynb')), str(out / 'train.ipynb'),
            '--cwd', str(project_root()), '--no-progress-bar', '--start-timeout', str(KERNEL_START_TIMEOUT),
            '-p', 'preset', study_argument(study, root),
-           '-p', 'variant', variant, '-p', 'seed', str(seed), '-p', 'runs_dir', str(root)]
+           '-p', 'variant', variant, '-p', 'seed', str(seed), '-p', 'runs_dir', str(root),
+           *(['-p', 'lr', repr(lr)] if lr is not None else [])]
     code, err = processes.run(cmd)
     if code != 0: raise RunFailed(err.strip() or f"papermill exited with status {code}")
     return out
 
 # %% ../nbs/11_sweep.ipynb #a02c82f6
-TRAIN_PARAMETERS = ('preset', 'variant', 'seed', 'data', 'overrides', 'runs_dir')
+TRAIN_PARAMETERS = ('preset', 'variant', 'seed', 'data', 'overrides', 'runs_dir', 'lr')
 
 def check_parameters(given: dict, expected: tuple[str, ...] = TRAIN_PARAMETERS, notebook: str = 'train.ipynb') -> None:
     "`ConfigError` for a parameter `notebook` does not declare (a typo papermill would only warn about)."

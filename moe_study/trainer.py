@@ -205,15 +205,17 @@ class LauncherWatch:
 
 # %% ../nbs/08_trainer.ipynb #7481da98
 def train(preset: Study | str, variant: str, seed: int = 0, *, data: str | None = None, overrides: dict | None = None,
-          out_dir: Path | None = None, progress: bool = True, until: int | None = None) -> dict | None:
+          out_dir: Path | None = None, progress: bool = True, until: int | None = None,
+          lr: float | None = None) -> dict | None:
     """Train one variant of a study with one seed into its run directory, resuming from its checkpoint if it
     has one. `data` and `overrides` change the study (a new identity, see `study_with`). Returns the summary;
-    with `until`, stops after that step's checkpoint and returns None (call again to go on)."""
+    with `until`, stops after that step's checkpoint and returns None (call again to go on). `lr`: a tuning run at that
+    learning rate, in the study's `_tune` folder (chapter 10a)."""
     pin_kernels()          # takes effect if torch has not computed yet (the CLI and nbs/train.ipynb pin before it loads)
-    spec = resolve_run(preset, variant, seed, data, overrides)
+    spec = resolve_run(preset, variant, seed, data, overrides, lr)
     if until is not None and not positive_int(until):
         raise ConfigError(f"until={until!r}: must be a step >= 1 (the run stops after that step's checkpoint)")
-    out = Path(out_dir) if out_dir is not None else run_dir(spec.preset.name, variant, seed)
+    out = Path(out_dir) if out_dir is not None else run_dir(spec.preset.name, variant, seed, lr=lr)
     with process_group(resolve_device(spec.train)[0]) as w:     # several processes under torchrun, else one
         if spec.train.batch_size % w.size:
             raise ConfigError(f"batch_size={spec.train.batch_size} does not split over {w.size} processes; use a "
