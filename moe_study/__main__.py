@@ -23,12 +23,13 @@ from .checkpoint import TrainingError
 from .identity import run_dir
 from .trainer import train
 from .sweep import LAUNCHERS, Launcher, run_study
+from .tuning import choose, load_tuning_runs
 
 # %% auto #0
 __all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'study_from_args', 'add_params_command', 'run_params',
            'add_data_command', 'format_manifest', 'run_data', 'add_train_command', 'run_train', 'add_bench_command',
-           'run_bench', 'add_study_command', 'run_study_command', 'add_export_command', 'run_export', 'build_parser',
-           'main']
+           'run_bench', 'add_study_command', 'tuning_summary', 'run_study_command', 'add_export_command', 'run_export',
+           'build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #9bcab05b
 def add_preset_argument(p, default: str | None = 'cpu', changes: bool = True) -> None:
@@ -165,6 +166,9 @@ def add_study_command(sub) -> None:
     p.add_argument('--seeds', nargs='+', type=int, default=None, help="seeds (default: the study's)")
     p.add_argument('--runs-dir', type=Path, default=None, help="where run directories go (default: runs/)")
     p.add_argument('--report-dir', type=Path, default=None, help="where reports go (default: report/)")
+    p.add_argument('--tune', action='store_true',
+                   help="run the study's tuning runs (chapter 10a) even though it ships its chosen learning rates, and "
+                        "print what they choose beside the declared ones (a study that ships none tunes anyway)")
     p.add_argument('--jobs', type=int, default=None,
                    help="runs executed at once (default: one per `threads` cores the preset gives a run, else 1; "
                         "with --launcher slurm, all)")
@@ -180,17 +184,29 @@ def add_study_command(sub) -> None:
                    help="time limit per job (default: 240); a run that needs longer is requeued and resumes")
     p.set_defaults(run=run_study_command)
 
+def tuning_summary(study: Study, runs_dir: Path | None) -> str:
+    "One line per variant: the learning rate its tuning runs choose, and the one the study declares (if it ships one)."
+    chosen, detail = choose(study, load_tuning_runs(study.name, runs_dir))
+    if not chosen: return "tuning: incomplete (tuning runs failed or were not run); no rate can be chosen yet"
+    edge = lambda v: f", {detail[v]['selection']['edge']} edge of the grid" if v in detail and detail[v]['selection']['edge'] else ''
+    return "tuning: " + "; ".join(f"{v} {lr:.4g}" + (f" (declared {study.tuning.chosen[v]:.4g})" if study.tuning.chosen else '')
+                                  + edge(v) for v, lr in chosen.items())
+
 def run_study_command(args) -> int:
     study = study_from_args(args)
     launcher = Launcher(args.launcher, args.partition, args.gpus, args.cpus, args.time_min, args.account)
-    outcome = run_study(study, args.variants, args.seeds, args.runs_dir, args.report_dir, jobs=args.jobs, launcher=launcher)
+    outcome = run_study(study, args.variants, args.seeds, args.runs_dir, args.report_dir, jobs=args.jobs, launcher=launcher,
+                        tune=args.tune)
     done = sum(r.status == 'complete' for r in outcome.runs)
     print(f"{len(outcome.executed)} run(s) executed, {done} already complete, {len(outcome.failed)} failed")
     if outcome.report_error:
         print(f"REPORT FAILED: {outcome.report_error} (the page says so: {outcome.report / 'index.html'})", file=sys.stderr)
     else:
         print(f"report: {outcome.report / 'index.html'}" + ('' if outcome.rendered else ' (unchanged, not re-rendered)'))
-    for r in outcome.failed: print(f"FAILED {r.variant} seed {r.seed}: {r.error} (see {r.path}/train.ipynb)", file=sys.stderr)
+    if args.tune: print(tuning_summary(study, args.runs_dir))
+    for r in outcome.failed:
+        print(f"FAILED {r.variant} seed {r.seed}{f' (tuning, lr {r.lr:g})' if r.lr else ''}: {r.error} (see {r.path}/train.ipynb)",
+              file=sys.stderr)
     return 1 if outcome.failed or outcome.report_error else 0
 
 # %% ../nbs/12_cli.ipynb #d53cf26f

@@ -22,9 +22,9 @@ from .environment import describe_path, kernel_path
 __all__ = ['AUDIT_FIELDS', 'AUDIT_COLUMNS', 'BASE_COLOURS', 'ROUTING_IDS', 'RATE_SERIES', 'load_runs', 'load_metrics',
            'load_configs', 't_975', 'mean_std_ci', 'fmt', 'sign_count', 'confirmation', 'load_sequences',
            'multi_bootstrap', 'variant_results', 'paired_gaps', 'val_curves', 'gap_curves', 'routing_curves',
-           'throughput', 'rate_table', 'rate_findings', 'environment_check', 'fairness_audit', 'UnfairComparison',
-           'require_fair', 'study_results', 'palette', 'plot_loss_curves', 'plot_gap_curves', 'plot_routing',
-           'plot_rate_curve']
+           'throughput', 'rate_table', 'rate_findings', 'learning_rate_check', 'tuning_check', 'environment_check',
+           'fairness_audit', 'UnfairComparison', 'require_fair', 'study_results', 'palette', 'plot_loss_curves',
+           'plot_gap_curves', 'plot_routing', 'plot_rate_curve']
 
 # %% ../nbs/10_analysis.ipynb #ec9ec126
 def load_runs(study: str, root: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
@@ -235,7 +235,7 @@ AUDIT_FIELDS = {            # check: (the config.json field(s) every run must sh
     'compute budget': ('identity.budget.reference_flops_per_token', _budget('reference_flops')),
     'unique data': ('identity.budget.unique_tokens', _shares_pool),
     'batch order': (('identity.data_sha256', 'identity.train.batch_size', 'identity.train.seq_len', 'tokens_per_step'), None),
-    'optimizer and schedule': ('identity.train', None),
+    'optimizer and schedule': ('recipe', None),        # identity.train but the learning rate: the next check's
     'depth': ('identity.model.n_layers', _keeps('n_layers')),
     'context': ('identity.model.context_len', _keeps('context_len')),
     'vocabulary': ('identity.model.vocab_size', _keeps('vocab_size')),
@@ -272,14 +272,49 @@ def _per_run_problems(configs: dict, study: Study) -> dict[str, list[str]]:
     seeds, runs = [], []
     for (variant, seed), c in configs.items():
         if c['identity']['seed'] != seed: seeds.append(f"{variant}/seed{seed} was trained with seed {c['identity']['seed']}")
-        try: declared = {'model': variant_config(study, variant).to_dict(), 'train': study.train.to_dict(),
-                         'data': study.data.to_dict()}
+        try: declared = {'model': variant_config(study, variant).to_dict(), 'data': study.data.to_dict(),
+                         'train': (study.variant_train(variant) if study.variant_lr(variant) else study.train).to_dict()}
         except ValueError: runs.append(f"{variant}/seed{seed}: variant {variant!r} is not declared"); continue
         drift = config_drift(declared, {k: c['identity'][k] for k in declared})
         if drift: runs.append(f"{variant}/seed{seed} differs from the declaration: " + '; '.join(drift))
     return {'seed pairing': seeds, 'run as declared': runs}
 
 AUDIT_COLUMNS = ['check', 'ok', 'values', 'warning']
+
+def learning_rate_check(configs: dict[tuple[str, int], dict], study: Study) -> dict:
+    """The audit's row for the one part of the recipe the arms may not share: each run at the learning rate its
+    variant is declared to train at (`Study.variant_lr`: the declared tuning's choice, else `train.lr`)."""
+    wrong, used = [], {}
+    for (v, s), c in configs.items():
+        lr = c['identity']['train']['lr']
+        try: want = study.variant_lr(v)
+        except ValueError: continue                     # an undeclared variant: 'run as declared' names it
+        used.setdefault(v, lr)
+        if want is None or not math.isclose(lr, want, rel_tol=1e-9):
+            wrong.append(f"{v}/seed{s} trained at lr {lr:g}; the declaration gives {'no lr yet (not tuned)' if want is None else f'{want:g}'}")
+    row = {'check': 'learning rate', 'ok': not wrong, 'warning': False}
+    if wrong: return {**row, 'values': wrong}
+    if len(set(used.values())) == 1: return {**row, 'values': f"{next(iter(used.values())):g} for every variant"}
+    return {**row, 'values': ', '.join(f"{v} {lr:.4g}" for v, lr in used.items()) + " (each the declared tuning's choice)"}
+
+def tuning_check(study: Study, root: Path | None, configs: dict[tuple[str, int], dict]) -> dict | None:
+    """The audit's row for the tuning runs on disk (chapter 10a): each is its variant's model and the study's recipe
+    at its own learning rate, on the data and tokenizer of the study's runs. None when there are none."""
+    done = [p for p in sorted((Path(root or runs_root()) / study.name / '_tune').glob('*/lr*/seed*')) if (p / 'summary.json').exists()]
+    if not done: return None
+    hashes = {(c['identity']['tokenizer_sha256'], c['identity']['data_sha256']) for c in configs.values()}
+    problems = []
+    for p in done:
+        name, ident = f"_tune/{p.parent.parent.name}/{p.parent.name}/{p.name}", upgrade_identity(json.loads((p / 'config.json').read_text())['identity'])
+        try: declared = {'model': variant_config(study, p.parent.parent.name).to_dict(), 'data': study.data.to_dict(),
+                         'train': study.train.replace(lr=ident['train']['lr']).to_dict()}
+        except ValueError: problems.append(f"{name}: variant {p.parent.parent.name!r} is not declared"); continue
+        drift = config_drift(declared, {k: ident[k] for k in declared})
+        if hashes and (ident['tokenizer_sha256'], ident['data_sha256']) not in hashes: drift.append("another tokenizer or data")
+        if ident['seed'] != int(p.name.removeprefix('seed')): drift.append(f"trained with seed {ident['seed']}")
+        if drift: problems.append(f"{name}: " + '; '.join(drift))
+    return {'check': 'tuning runs', 'ok': not problems, 'warning': False,
+            'values': problems or f"{len(done)} runs, each its variant's model and the recipe at its own lr, on these data"}
 
 def environment_check(configs: dict[tuple[str, int], dict], study: Study) -> dict:
     """The audit's row for where the runs computed: one kernel path (chapter 07c) for all, or a warning listing each
@@ -300,11 +335,13 @@ def fairness_audit(configs: dict[tuple[str, int], dict], study: Study) -> pd.Dat
     check, each run that differs and how), and `warning` for a difference reported but allowed (the compute
     environment of a study without `exact_pairing`)."""
     rows = []
+    configs = {run: {**c, 'recipe': {k: v for k, v in c['identity']['train'].items() if k != 'lr'}} for run, c in configs.items()}
     for check, (field, applies) in AUDIT_FIELDS.items():
         runs = {r: c for r, c in configs.items() if applies is None or (r[0] in study.variant_names and applies(study, r[0]))}
         if not runs: continue
         values = sorted({_value(c, field) for c in runs.values()})
         rows.append({'check': check, 'ok': len(values) == 1, 'warning': False, 'values': values[0] if len(values) == 1 else _differences(runs, field, study.variant_names[0])})
+        if check == 'optimizer and schedule': rows.append(learning_rate_check(configs, study))
     for check, problems in _per_run_problems(configs, study).items():
         rows.append({'check': check, 'ok': not problems, 'warning': False, 'values': problems or 'every run'})
     rows.append(environment_check(configs, study))
@@ -321,10 +358,20 @@ def require_fair(audit: pd.DataFrame) -> None:
             ". Rerun the runs named (move their directories away first), or remove them from the study")
 
 # %% ../nbs/10_analysis.ipynb #00ec65e1
-def study_results(study: Study | str, root: Path | None = None, failed: list[dict] | None = None) -> dict:
+def study_results(study: Study | str, root: Path | None = None, failed: list[dict] | None = None,
+                  tuning_rows: pd.DataFrame | None = None) -> dict:
+    """results.json. `tuning_rows`: the tuning runs' record (chapter 10a) when they are not in `root`
+    (the record a report ships); by default, those in `root`."""
     study = get_preset(study)
     runs, incomplete = load_runs(study.name, root)
     audit = fairness_audit(load_configs(runs), study) if len(runs) else pd.DataFrame(columns=AUDIT_COLUMNS)
+    tuning = None
+    if study.tuning is not None:
+        from moe_study.tuning import load_tuning_runs, tuning_results        # chapter 10a builds on this one
+        check = tuning_check(study, root, load_configs(runs))
+        if check: audit = pd.concat([audit, pd.DataFrame([check], columns=AUDIT_COLUMNS)], ignore_index=True)
+        rows = load_tuning_runs(study.name, root) if tuning_rows is None else tuning_rows
+        tuning = tuning_results(study, rows, runs) if len(rows) else None
     sequences = load_sequences(runs) if len(runs) else {}
     rates = any(v.activation_rate for v in study.variants) and len(runs)
     isoflop = {}
@@ -346,7 +393,7 @@ def study_results(study: Study | str, root: Path | None = None, failed: list[dic
                           'gaps': {g.name: study.published_gap(g) for g in study.comparisons
                                    if study.published_gap(g) is not None}},
             'activation_rates': rate_table(runs, study, load_configs(runs)).reset_index().to_dict('records') if rates else [],
-            'isoflop': isoflop, 'fair': bool(audit.ok.all()), 'audit': audit.to_dict('records'),
+            'isoflop': isoflop, 'tuning': tuning, 'fair': bool(audit.ok.all()), 'audit': audit.to_dict('records'),
             'incomplete': incomplete, 'failed': failed or []}
 
 # %% ../nbs/10_analysis.ipynb #69927a43

@@ -136,9 +136,6 @@ def check_tuning(t: Tuning, names: list[str], shared_lr: float) -> list[str]:
     if not any(math.isclose(x, shared_lr, rel_tol=1e-9) for x in t.lrs):
         bad.append(f"tuning.lrs={t.lrs} must hold the recipe's train.lr={shared_lr:g}: that is the shared arm the "
                    "report sets beside the tuned one")
-    if t.chosen and t.rule != 'shared' and set(t.chosen) != set(names):
-        bad.append(f"tuning.chosen must give every variant its lr (missing: {', '.join(sorted(set(names) - set(t.chosen)))}),"
-                   " or be left out so that the study tunes first")
     return bad
 
 # %% ../nbs/00a_studies.ipynb #28c46377
@@ -211,7 +208,7 @@ class Study:
         self.variant(name)
         t = self.tuning
         if t is None or not t.tuned: return self.train.lr
-        return t.chosen.get(t.inherit.get(name, name)) if t.chosen else None
+        return t.chosen.get(t.inherit.get(name, name))       # None: not chosen yet, the study tunes it first
 
     def variant_train(self, name: str) -> TrainConfig:
         "The recipe `name` trains with: the study's, at `variant_lr(name)`; a `ConfigError` if it is not tuned yet."

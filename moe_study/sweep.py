@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_sweep.ipynb #15cfba92
 from __future__ import annotations
-import hashlib, html, json, os, subprocess, sys, threading
+import dataclasses, hashlib, html, json, os, subprocess, sys, threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +23,13 @@ from .trainer import LAUNCHER_ENV
 from .environment import kernel_mode, pin_kernels
 from .checkpoint import TrainingError
 from .identity import finished_summary, plan_run, resolve_run, run_dir, runs_root
+from .tuning import choose, load_tuning_runs, tuning_plan
 
 # %% auto #0
-__all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'LAUNCHERS', 'notebook', 'write_study', 'study_argument', 'RunFailed',
-           'run_environ', 'Processes', 'execute_run', 'check_parameters', 'RunOutcome', 'Interrupted', 'default_jobs',
-           'sweep', 'report_root', 'ReportRefused', 'render_report', 'TrainJob', 'Jobs', 'slurm_parameters', 'Launcher',
-           'StudyOutcome', 'run_study']
+__all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'Run', 'TUNING_RECORD', 'LAUNCHERS', 'notebook', 'write_study',
+           'study_argument', 'RunFailed', 'run_environ', 'Processes', 'execute_run', 'check_parameters', 'RunOutcome',
+           'Interrupted', 'default_jobs', 'with_tuning', 'sweep', 'report_root', 'ReportRefused', 'tuning_record',
+           'render_report', 'TrainJob', 'Jobs', 'slurm_parameters', 'Launcher', 'StudyOutcome', 'run_study']
 
 # %% ../nbs/11_sweep.ipynb #2960596f
 def notebook(name: str) -> Path: return project_root() / 'nbs' / name
@@ -124,6 +125,7 @@ class RunOutcome:
     path: str
     status: str                 # 'complete' (already), 'executed', 'failed'
     error: str | None = None
+    lr: float | None = None     # a tuning run's learning rate (chapter 10a); None: one of the study's runs
 
 def _error_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
@@ -138,54 +140,42 @@ def default_jobs(study: Study) -> int:
     threads = run_threads(study.train)
     return 1 if threads is None else max(1, len(os.sched_getaffinity(0)) // threads)
 
-def _finished(study: Study, run: tuple[str, int], path: Path, data) -> RunOutcome | None:
-    "'complete' if `path` holds this very run finished, 'failed' if it holds another, None if it is not finished."
-    try:
-        identity = plan_run(resolve_run(study, *run), data)[3]
-        return RunOutcome(*run, str(path), 'complete') if finished_summary(path, identity) is not None else None
-    except TrainingError as e: return RunOutcome(*run, str(path), 'failed', str(e))
+Run = tuple[str, int, float | None]     # variant, seed, and a tuning run's lr (None: at the rate the study gives it)
 
-def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
-          execute=execute_run, jobs: int | None = None, running=None) -> list[RunOutcome]:
-    """Run every variant × seed of `study` (default: all it declares, each with its own seeds or else the study's)
-    that is not complete, `jobs` at a time (None: `default_jobs`): one run of each variant first (each shape then
-    compiles once, not once per parallel run), then the costliest first (training FLOPs, else FLOPs per token) so
-    the last to finish are the short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
-    the variants, the seeds (a repeated one runs once), the corpus, and each finished run's identity.
-    An interrupt launches nothing more, stops the running runs (`running.stop()`; default: this machine's `Processes`)
-    and raises `Interrupted`. `execute(study, variant, seed, root, running)` runs one run to its end."""
-    if jobs is not None and not positive_int(jobs):
-        raise ConfigError(f"jobs={jobs!r}: must be a positive integer (the number of runs executed at once)")
-    variants = list(dict.fromkeys(variants or study.variant_names))
-    for v in variants: study.variant(v)
-    seeds = None if seeds is None else check_seeds(seeds, 'seed')
-    root = Path(root or runs_root())
-    data = load_data(study)                         # a bad corpus fails here; the cache is built once, not per run
-    write_study(study, root)
-    todo = [(v, s) for v in variants for s in (seeds or study.variant(v).seeds or study.seeds)]
-    paths = {run: run_dir(study.name, *run, root) for run in todo}
+def _finished(study: Study, run: Run, path: Path, data) -> RunOutcome | None:
+    "'complete' if `path` holds this very run finished, 'failed' if it holds another, None if it is not finished."
+    v, s, lr = run
+    try:
+        identity = plan_run(resolve_run(study, v, s, lr=lr), data)[3]
+        return RunOutcome(v, s, str(path), 'complete', lr=lr) if finished_summary(path, identity) is not None else None
+    except TrainingError as e: return RunOutcome(v, s, str(path), 'failed', str(e), lr=lr)
+
+def _execute_all(study: Study, todo: list[Run], root: Path, data, execute, jobs: int | None, processes,
+                 progress: bool, desc: str) -> list[RunOutcome]:
+    "Execute the runs of `todo` not already complete, `jobs` at a time; their outcomes in `todo`'s order."
+    paths = {run: run_dir(study.name, *run[:2], root, run[2]) for run in todo}
     outcomes = {run: o for run in todo if (o := _finished(study, run, paths[run], data)) is not None}
-    cost = {v: run_budget(study, v).train_flops or flops_per_token(variant_config(study, v)) for v in variants}
+    cost = {v: run_budget(study, v).train_flops or flops_per_token(variant_config(study, v)) for v in {r[0] for r in todo}}
     pending = sorted((run for run in todo if run not in outcomes), key=lambda run: -cost[run[0]])
-    first = {v: s for v, s in reversed(pending)}                # each variant's first pending seed
-    pending.sort(key=lambda run: first[run[0]] != run[1])       # stable: the costliest order within each part
-    processes = running if running is not None else Processes()
+    first = {run[0]: run for run in reversed(pending)}          # each variant's first pending run
+    pending.sort(key=lambda run: first[run[0]] != run)          # stable: the costliest order within each part
 
     def execute_one(run) -> RunOutcome:
+        v, s, lr = run
         try:
-            execute(study, *run, root, processes)
-            return RunOutcome(*run, str(paths[run]), 'executed')
+            execute(study, v, s, root, processes, lr=lr)
+            return RunOutcome(v, s, str(paths[run]), 'executed', lr=lr)
         except Exception as e:                      # keep going: the report lists what failed
-            return RunOutcome(*run, str(paths[run]), 'failed', _error_line(e))
+            return RunOutcome(v, s, str(paths[run]), 'failed', _error_line(e), lr=lr)
 
-    with tqdm(total=len(todo), initial=len(outcomes), desc=f"study {study.name}", unit='run', disable=not progress) as bar, \
+    with tqdm(total=len(todo), initial=len(outcomes), desc=desc, unit='run', disable=not progress) as bar, \
          ThreadPoolExecutor(jobs or default_jobs(study)) as pool:
         futures = [pool.submit(execute_one, run) for run in pending]
         try:
             for future in as_completed(futures):
                 o = future.result()
-                outcomes[(o.variant, o.seed)] = o
-                bar.set_postfix_str(f"{o.variant} seed {o.seed} {o.status}")
+                outcomes[(o.variant, o.seed, o.lr)] = o
+                bar.set_postfix_str(f"{o.variant} seed {o.seed}{f' lr {o.lr:g}' if o.lr else ''} {o.status}")
                 bar.update()
         except KeyboardInterrupt:                   # Ctrl-C, or SIGTERM (the command line turns it into one)
             for f in futures: f.cancel()
@@ -193,6 +183,57 @@ def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, pro
             raise Interrupted(f"interrupted: {stopped} running run(s) stopped, {sum(f.cancelled() for f in futures)} "
                               "not started; every run resumes from its last checkpoint when the study runs again") from None
     return [outcomes[run] for run in todo]
+
+def with_tuning(study: Study, root: Path | None = None) -> Study:
+    """`study` with the learning rates its tuning runs in `root` choose added to `tuning.chosen` for the variants it
+    ships none for (those it ships stay; a variant whose tuning is incomplete stays without one)."""
+    if study.tuning is None or not study.tuning.tuned: return study
+    chosen = {**choose(study, load_tuning_runs(study.name, root))[0], **study.tuning.chosen}
+    return dataclasses.replace(study, tuning=dataclasses.replace(study.tuning, chosen=chosen))
+
+def _tune(study: Study, variants: list[str], root: Path, data, run_all) -> list[RunOutcome]:
+    "The tuning runs, round after round (an optimum on a grid's edge asks for a point beyond it), until none is left or none progressed."
+    outcomes, tried = [], set()
+    while plan := [r for r in tuning_plan(study, load_tuning_runs(study.name, root), variants) if r not in tried]:
+        tried |= set(plan)
+        outcomes += run_all(plan, f"study {study.name}: tuning")
+    return outcomes
+
+def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
+          execute=execute_run, jobs: int | None = None, running=None, tune: bool = False) -> list[RunOutcome]:
+    """Run every variant × seed of `study` (default: all it declares, each with its own seeds or else the study's)
+    that is not complete, `jobs` at a time (None: `default_jobs`): one run of each variant first (each shape then
+    compiles once, not once per parallel run), then the costliest first (training FLOPs, else FLOPs per token) so
+    the last to finish are the short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
+    the variants, the seeds (a repeated one runs once), the corpus, and each finished run's identity.
+    A study that declares a tuning but ships no chosen learning rates (or `tune=True`) first runs its tuning runs
+    (chapter 10a), then its runs at the rates they choose; a variant left without one fails, naming why.
+    An interrupt launches nothing more, stops the running runs (`running.stop()`; default: this machine's `Processes`)
+    and raises `Interrupted`. `execute(study, variant, seed, root, running, lr=…)` runs one run to its end."""
+    if jobs is not None and not positive_int(jobs):
+        raise ConfigError(f"jobs={jobs!r}: must be a positive integer (the number of runs executed at once)")
+    variants = list(dict.fromkeys(variants or study.variant_names))
+    for v in variants: study.variant(v)
+    seeds = None if seeds is None else check_seeds(seeds, 'seed')
+    root = Path(root or runs_root())
+    if tune and study.tuning is None:
+        raise ConfigError(f"study {study.name!r} declares no tuning, so there is nothing to tune; declare one (its "
+                          "\"tuning\" field: a grid of learning rates and the seeds that tune, chapter 10a)")
+    data = load_data(study)                         # a bad corpus fails here; the cache is built once, not per run
+    write_study(study, root)
+    processes = running if running is not None else Processes()
+    run_all = lambda todo, desc: _execute_all(study, todo, root, data, execute, jobs, processes, progress, desc)
+    outcomes = []
+    if study.tuning is not None and (tune or any(study.variant_lr(v) is None for v in variants)):
+        outcomes += _tune(study, variants, root, data, run_all)
+        study = with_tuning(study, root)
+        write_study(study, root)                    # the runs read the chosen rates from it
+        run_all = lambda todo, desc: _execute_all(study, todo, root, data, execute, jobs, processes, progress, desc)
+    todo = [(v, s, None) for v in variants for s in (seeds or study.variant(v).seeds or study.seeds)]
+    untuned = [run for run in todo if study.variant_lr(run[0]) is None]
+    outcomes += [RunOutcome(v, s, str(run_dir(study.name, v, s, root)), 'failed', f"no learning rate: the tuning runs of "
+                            f"{v} did not all finish (see the failed tuning runs)") for v, s, _ in untuned]
+    return outcomes + run_all([run for run in todo if run not in untuned], f"study {study.name}")
 
 # %% ../nbs/11_sweep.ipynb #cd2dbc54
 def report_root() -> Path: return project_root() / 'report'
@@ -213,6 +254,20 @@ def _refusal_page(study: Study, reason: str, audit: list[dict], preset_argument:
             "<p><code>results.json</code> beside this page holds the runs' numbers and the whole audit. Fix what is "
             f"named above, then run <code>python -m moe_study study --preset {e(preset_argument)}</code> again.</p>")
 
+TUNING_RECORD = 'tuning.json'
+
+def tuning_record(study: Study, runs: Path, out: Path) -> pd.DataFrame | None:
+    """The tuning runs a report shows: those in `runs` (then written to <report>/tuning.json, the record a report
+    ships), else the record beside the report (a study that ships its chosen rates does not tune again)."""
+    if study.tuning is None: return None
+    rows = load_tuning_runs(study.name, runs)
+    if len(rows):
+        write_json_atomic(out / TUNING_RECORD, rows.drop(columns='path').to_dict('records'))
+        return rows
+    if (out / TUNING_RECORD).exists():
+        return pd.DataFrame(json.loads((out / TUNING_RECORD).read_text()), columns=['variant', 'lr', 'seed', 'best_val_loss'])
+    return None
+
 def _digest(results: dict) -> str: return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
 
 def render_report(study: Study, runs: Path | None = None, reports: Path | None = None,
@@ -224,7 +279,7 @@ def render_report(study: Study, runs: Path | None = None, reports: Path | None =
     runs = Path(runs or runs_root())
     out = Path(reports or report_root()) / study.name
     out.mkdir(parents=True, exist_ok=True)
-    results = json.loads(json.dumps(study_results(study, runs, failed), default=str))
+    results = json.loads(json.dumps(study_results(study, runs, failed, tuning_record(study, runs, out)), default=str))
     write_json_atomic(out / 'results.json', results)
     stamp = out / '.rendered'                       # the digest of the results index.html shows
     if not force and (out / 'index.html').exists() and stamp.exists() and stamp.read_text() == _digest(results):
@@ -257,17 +312,17 @@ class TrainJob:
     """One run as a submitit job: the papermill command the local launcher runs. When the job is preempted or
     times out, submitit calls `checkpoint`, which stops the notebook and requeues the job: the run resumes
     from its last checkpoint."""
-    def __init__(self, study: Study, variant: str, seed: int, root: Path):
-        self.study, self.variant, self.seed, self.root = study, variant, seed, Path(root)
+    def __init__(self, study: Study, variant: str, seed: int, root: Path, lr: float | None = None):
+        self.study, self.variant, self.seed, self.root, self.lr = study, variant, seed, Path(root), lr
 
     def __call__(self) -> str:
         self._processes = Processes()
-        return str(execute_run(self.study, self.variant, self.seed, self.root, self._processes))
+        return str(execute_run(self.study, self.variant, self.seed, self.root, self._processes, self.lr))
 
     def checkpoint(self, *args, **kwargs):
         import submitit
         if getattr(self, '_processes', None) is not None: self._processes.stop()
-        return submitit.helpers.DelayedSubmission(TrainJob(self.study, self.variant, self.seed, self.root))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.study, self.variant, self.seed, self.root, self.lr))
 
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_processes'}
 
@@ -276,11 +331,11 @@ class Jobs:
     def __init__(self, executor):
         self.executor, self._lock, self._jobs, self.stopped = executor, threading.Lock(), set(), False
 
-    def run(self, study: Study, variant: str, seed: int, root: Path) -> Path:
+    def run(self, study: Study, variant: str, seed: int, root: Path, lr: float | None = None) -> Path:
         "Submit the run as a job and wait for it to end; `RunFailed` with the job's error if it failed."
         with self._lock:
             if self.stopped: raise RunFailed("not submitted: the study was interrupted")
-            job = self.executor.submit(TrainJob(study, variant, seed, root))
+            job = self.executor.submit(TrainJob(study, variant, seed, root, lr))
             self._jobs.add(job)
         try: return Path(job.result())
         except Exception as e: raise RunFailed(f"job {job.job_id}: {_error_line(e)} (its log: {job.paths.stderr})") from None
@@ -319,7 +374,7 @@ class Launcher:
     def execute(self):
         "The sweep's `execute` for this launcher."
         if self.kind == 'local': return execute_run
-        return lambda study, variant, seed, root, jobs: jobs.run(study, variant, seed, root)
+        return lambda study, variant, seed, root, jobs, lr=None: jobs.run(study, variant, seed, root, lr)
 
     @property
     def jobs(self) -> int | None:
@@ -361,13 +416,18 @@ class StudyOutcome:
     def executed(self) -> list[RunOutcome]: return [r for r in self.runs if r.status == 'executed']
 
 def run_study(study: Study, variants=None, seeds=None, runs: Path | None = None, reports: Path | None = None,
-              progress: bool = True, jobs: int | None = None, launcher: Launcher | None = None) -> StudyOutcome:
-    """Sweep, then render the report (re-rendered only when something changed) once every run has ended. The runs
-    execute on this machine, or as submitit jobs (`launcher`: local ones, or on a Slurm cluster)."""
+              progress: bool = True, jobs: int | None = None, launcher: Launcher | None = None,
+              tune: bool = False) -> StudyOutcome:
+    """Sweep (tuning first where the study must, or `tune`), then render the report (re-rendered only when something
+    changed) once every run has ended. The runs execute on this machine, or as submitit jobs (`launcher`: local
+    ones, or on a Slurm cluster)."""
     launcher = launcher or Launcher()
     running = launcher.running(study, Path(runs or runs_root()))
-    outcomes = sweep(study, variants, seeds, runs, progress, launcher.execute, launcher.jobs if jobs is None else jobs, running)
-    failed = [{'variant': o.variant, 'seed': o.seed, 'path': o.path, 'error': o.error} for o in outcomes if o.status == 'failed']
+    outcomes = sweep(study, variants, seeds, runs, progress, launcher.execute, launcher.jobs if jobs is None else jobs, running,
+                     tune)
+    study = with_tuning(study, runs)
+    failed = [{'variant': o.variant, 'seed': o.seed, 'lr': o.lr, 'path': o.path, 'error': o.error}
+              for o in outcomes if o.status == 'failed']
     try:
         report, rendered = render_report(study, runs, reports, failed)
         return StudyOutcome(study.name, outcomes, report, rendered)

@@ -118,8 +118,8 @@ def _size(study: Study, v: str) -> tuple[int, int | None]:
     return count_params(variant_config(study, v)).active_nonembedding, run_budget(study, v).tokens
 
 def choose(study: Study, rows: pd.DataFrame) -> tuple[dict[str, float] | None, dict]:
-    """(variant -> lr by the study's rule, or None while a tuned variant's grid is incomplete; per tuned variant its
-    grid, losses and selection, and for `fitted` the law)."""
+    """(variant -> lr by the study's rule, for every variant whose grid is complete (`fitted`: every variant once all the
+    anchors' are); per tuned variant its grid, losses and selection, and for `fitted` the law)."""
     t = study.tuning
     detail = {}
     for v in tuned_variants(study):
@@ -127,9 +127,9 @@ def choose(study: Study, rows: pd.DataFrame) -> tuple[dict[str, float] | None, d
         grid, missing, s = variant_grid(t, losses)
         detail[v] = {'grid': grid, 'missing': missing, 'selection': s,
                      'losses': {lr: losses[_close(lr, losses)] for lr in grid if _close(lr, losses) is not None}}
-    if any(d['selection'] is None for d in detail.values()): return None, detail
     if t.rule == 'shared': chosen = {v: study.train.lr for v in study.variant_names}
-    elif t.rule == 'per_variant': chosen = {v: d['selection']['lr'] for v, d in detail.items()}
+    elif t.rule == 'per_variant': chosen = {v: d['selection']['lr'] for v, d in detail.items() if d['selection']}
+    elif any(d['selection'] is None for d in detail.values()): chosen = {}
     else:
         sizes = {v: _size(study, v) for v in study.variant_names}
         tokens = [sizes[v][1] for v in t.anchors]
@@ -141,7 +141,7 @@ def choose(study: Study, rows: pd.DataFrame) -> tuple[dict[str, float] | None, d
         detail['_law'] = {**law, 'anchors': list(t.anchors), 'n_active': [sizes[v][0] for v in t.anchors],
                           'tokens': tokens if with_tokens else None}
     chosen = {v: float(f"{lr:.4g}") for v, lr in chosen.items()}
-    return {v: chosen[t.inherit.get(v, v)] for v in study.variant_names}, detail
+    return {v: chosen[t.inherit.get(v, v)] for v in study.variant_names if t.inherit.get(v, v) in chosen}, detail
 
 # %% ../nbs/10a_tuning.ipynb #86a68ab3
 def _gap(wide: pd.DataFrame, a: str, b: str, seeds: list[int]) -> dict | None:
@@ -164,12 +164,12 @@ def tuning_results(study: Study, rows: pd.DataFrame, runs: pd.DataFrame) -> dict
                                 'mean': float(np.mean(d['losses'][lr])) if lr in d['losses'] else None} for lr in d['grid']],
                     'selected': d['selection'] and d['selection']['lr'], 'interior': bool(d['selection'] and d['selection']['interior']),
                     'edge': d['selection'] and d['selection']['edge'], 'missing': d['missing']}
-                for v, d in detail.items()}
+                for v, d in detail.items() if d['losses']}
     seeds = sorted({s for v in study.variant_names for s in confirmation_seeds(study, v)})
     shared = rows[np.isclose(rows.lr, study.train.lr, rtol=1e-6)].pivot_table(index='seed', columns='variant', values='best_val_loss') \
         if len(rows) else pd.DataFrame()
     tuned = runs.pivot_table(index='seed', columns='variant', values='best_val_loss') if len(runs) else pd.DataFrame()
-    in_effect = {v: study.variant_lr(v) for v in study.variant_names}
+    in_effect = {v: lr for v in study.variant_names if (lr := study.variant_lr(v)) is not None}
     return {'rule': t.rule, 'grid': list(t.lrs), 'seeds': list(t.seeds), 'extend': t.extend, 'shared_lr': study.train.lr,
             'metric': 'best validation loss (nats / token), mean over the tuning seeds',
             'selection': 'the minimum of the parabola in log lr through the best grid point and its neighbours',
@@ -197,6 +197,7 @@ def tuning_findings(block: dict) -> list[str]:
     "Sentences: per gap, shared against tuned; whether the ordering changed; choices left on an edge."
     out = []
     for name, g in block['gaps'].items():
+        if not (g['shared'] or g['tuned']): continue
         same = _resolved(g['shared']) == _resolved(g['tuned'])
         out.append(f"`{name}` ({g['minuend']} − {g['subtrahend']}; positive: {g['positive']}): at the shared lr "
                    f"{_side(g['shared'])}; at the tuned lrs {_side(g['tuned'])}. "
@@ -207,7 +208,7 @@ def tuning_findings(block: dict) -> list[str]:
                     f"**The ordering changed**: at the shared lr {' < '.join(o['shared'])}; tuned: ")
                    + ' < '.join(o['tuned']) + f" (on the confirmation seeds {', '.join(map(str, block['confirmation_seeds']))}).")
     edges = [f"`{v}` ({d['edge']} edge, {d['selected']:.4g})" for v, d in block['variants'].items() if d['edge']]
-    if edges: out.append("Still on the grid's edge after extending it: " + ', '.join(edges) +
+    if edges: out.append(f"On the grid's edge after extending it (by up to {block['extend']} points each way): " + ', '.join(edges) +
                          "; its best rate may lie beyond the grid, so its arm may be under-tuned.")
     return out
 
@@ -221,9 +222,10 @@ def plot_tuning(block: dict, colours: dict[str, str]):
         pts = runs[(runs.variant == v) & runs.seed.isin(block['seeds'])]
         a.scatter(pts.lr, pts.best_val_loss, color=c, s=12, alpha=0.6)
         m = [(x['lr'], x['mean']) for x in d['losses'] if x['mean'] is not None]
-        label = f"{v}: {block['in_effect'][v]:.3g}" + (f" ({d['edge']} edge)" if d['edge'] else '')
+        lr = block['in_effect'].get(v)
+        label = f"{v}: {'not chosen' if lr is None else f'{lr:.3g}'}" + (f" ({d['edge']} edge)" if d['edge'] else '')
         a.plot(*zip(*m), '-o', color=c, ms=3, label=label)
-        if block['in_effect'].get(v): a.axvline(block['in_effect'][v], color=c, ls=':', lw=1.2)
+        if lr: a.axvline(lr, color=c, ls=':', lw=1.2)
     a.axvline(block['shared_lr'], color='grey', lw=0.8, label=f"shared lr {block['shared_lr']:g}")
     a.set(xscale='log', xlabel='learning rate (peak of the schedule)', ylabel='best validation loss (nats / token)',
           title=f"tuning seeds {', '.join(map(str, block['seeds']))}: seeds as dots, mean as a line, lr in effect dotted")
