@@ -20,7 +20,7 @@ $(VENV)/.installed: settings.ini setup.py
 	$(BIN)/python -c "import torch, moe_study; print('installed moe_study', moe_study.__version__, 'with torch', torch.__version__)"
 	touch $@
 
-# the cpu study (3 variants x 6 seeds on the embedded corpus) and its report: report/cpu/index.html
+# the cpu study (3 variants x 9 seeds at their tuned learning rates, embedded corpus) and its report: report/cpu/index.html
 study: install
 	$(BIN)/python -m moe_study study --preset cpu
 
