@@ -117,7 +117,7 @@ def tuning_plan(study: Study, rows: pd.DataFrame, variants=None) -> list[tuple[s
 def _size(study: Study, v: str) -> tuple[int, int | None]:
     return count_params(variant_config(study, v)).active_nonembedding, run_budget(study, v).tokens
 
-def choose(study: Study, rows: pd.DataFrame) -> tuple[dict[str, float] | None, dict]:
+def choose(study: Study, rows: pd.DataFrame) -> tuple[dict[str, float], dict]:
     """(variant -> lr by the study's rule, for every variant whose grid is complete (`fitted`: every variant once all the
     anchors' are); per tuned variant its grid, losses and selection, and for `fitted` the law)."""
     t = study.tuning
@@ -214,6 +214,7 @@ def tuning_findings(block: dict) -> list[str]:
 
 # %% ../nbs/10a_tuning.ipynb #cdc74fd3
 def plot_tuning(block: dict, colours: dict[str, str]):
+    "The report's figure from the `tuning` block: loss against lr per variant (left); each gap, shared against tuned (right)."
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={'width_ratios': [3, 2]})
     runs = pd.DataFrame(block['runs'])
@@ -229,9 +230,11 @@ def plot_tuning(block: dict, colours: dict[str, str]):
     a.axvline(block['shared_lr'], color='grey', lw=0.8, label=f"shared lr {block['shared_lr']:g}")
     a.set(xscale='log', xlabel='learning rate (peak of the schedule)', ylabel='best validation loss (nats / token)',
           title=f"tuning seeds {', '.join(map(str, block['seeds']))}: seeds as dots, mean as a line, lr in effect dotted")
+    ticks = sorted({lr for d in block['variants'].values() for lr in d['grid']})
+    a.set_xticks(ticks, [f"{x:.3g}" for x in ticks], rotation=30); a.minorticks_off()
     a.legend(fontsize=8)
     names = [n for n, g in block['gaps'].items() if g['shared'] or g['tuned']]
-    for j, (side, colour) in enumerate((('shared', 'grey'), ('tuned', '#30638e'))):
+    for side, colour in (('shared', 'grey'), ('tuned', '#30638e')):
         for i, n in enumerate(names):
             g = block['gaps'][n][side]
             if not g: continue
