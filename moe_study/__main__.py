@@ -122,12 +122,14 @@ def add_train_command(sub) -> None:
     p.add_argument('--until', type=int, default=None, metavar='STEP',
                    help="stop after this step's checkpoint; run again to continue")
     p.add_argument('--quiet', action='store_true', help="no progress bar")
+    p.add_argument('--lr', type=float, default=None, metavar='LR',
+                   help="a tuning run at this learning rate, into runs/<study>/_tune/<variant>/lr<LR>/seed<k>/ (chapter 10a)")
     p.set_defaults(run=run_train)
 
 def run_train(args) -> int:
     study = study_from_args(args)
-    out = run_dir(study.name, args.variant, args.seed, args.runs_dir)
-    summary = train(study, args.variant, args.seed, out_dir=out, progress=not args.quiet, until=args.until)
+    out = run_dir(study.name, args.variant, args.seed, args.runs_dir, args.lr)
+    summary = train(study, args.variant, args.seed, out_dir=out, progress=not args.quiet, until=args.until, lr=args.lr)
     if int(os.environ.get('RANK', '0')) > 0: return 0          # under torchrun, rank 0 reports
     if summary is None: print(f"stopped after step {args.until}; checkpoint in {out}")
     else: print(f"{out}: best val loss {summary['best_val_loss']:.4f} ({summary['best_val_bpb']:.4f} bits/byte) "

@@ -81,6 +81,8 @@ def test_set_model_field_changes_the_reference_and_rederives_the_baselines():
     (('params', '--set', 'model.d_modle=32'), "unknown ModelConfig field(s) ['d_modle']"),
     (('params', '--set', 'optim.lr=1'), "name a field as model.FIELD, data.FIELD or train.FIELD"),
     (('params', '--preset', '/nonexistent/study.json'), "cannot read the study declaration"),
+    (('train', '--preset', 'smoke', '--variant', 'moe', '--lr', '-1', '--runs-dir', '/nonexistent/runs'),
+     "lr=-1.0: a tuning run's learning rate must be a finite positive number"),
 ])
 def test_bad_names_are_a_clear_error(args, message):
     res = cli(*args)
