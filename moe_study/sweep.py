@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_sweep.ipynb #15cfba92
 from __future__ import annotations
-import dataclasses, hashlib, html, json, os, subprocess, sys, threading
+import dataclasses, functools, hashlib, html, json, os, subprocess, sys, threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,12 +191,12 @@ def with_tuning(study: Study, root: Path | None = None) -> Study:
     chosen = {**choose(study, load_tuning_runs(study.name, root))[0], **study.tuning.chosen}
     return dataclasses.replace(study, tuning=dataclasses.replace(study.tuning, chosen=chosen))
 
-def _tune(study: Study, variants: list[str], root: Path, data, run_all) -> list[RunOutcome]:
+def _tune(study: Study, variants: list[str], root: Path, execute_all) -> list[RunOutcome]:
     "The tuning runs, round after round (an optimum on a grid's edge asks for a point beyond it), until none is left or none progressed."
     outcomes, tried = [], set()
     while plan := [r for r in tuning_plan(study, load_tuning_runs(study.name, root), variants) if r not in tried]:
         tried |= set(plan)
-        outcomes += run_all(plan, f"study {study.name}: tuning")
+        outcomes += execute_all(study, plan, desc=f"study {study.name}: tuning")
     return outcomes
 
 def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
@@ -222,18 +222,18 @@ def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, pro
     data = load_data(study)                         # a bad corpus fails here; the cache is built once, not per run
     write_study(study, root)
     processes = running if running is not None else Processes()
-    run_all = lambda todo, desc: _execute_all(study, todo, root, data, execute, jobs, processes, progress, desc)
+    execute_all = functools.partial(_execute_all, root=root, data=data, execute=execute, jobs=jobs, processes=processes,
+                                    progress=progress)
     outcomes = []
     if study.tuning is not None and (tune or any(study.variant_lr(v) is None for v in variants)):
-        outcomes += _tune(study, variants, root, data, run_all)
+        outcomes += _tune(study, variants, root, execute_all)
         study = with_tuning(study, root)
         write_study(study, root)                    # the runs read the chosen rates from it
-        run_all = lambda todo, desc: _execute_all(study, todo, root, data, execute, jobs, processes, progress, desc)
     todo = [(v, s, None) for v in variants for s in (seeds or study.variant(v).seeds or study.seeds)]
     untuned = [run for run in todo if study.variant_lr(run[0]) is None]
     outcomes += [RunOutcome(v, s, str(run_dir(study.name, v, s, root)), 'failed', f"no learning rate: the tuning runs of "
                             f"{v} did not all finish (see the failed tuning runs)") for v, s, _ in untuned]
-    return outcomes + run_all([run for run in todo if run not in untuned], f"study {study.name}")
+    return outcomes + execute_all(study, [run for run in todo if run not in untuned], desc=f"study {study.name}")
 
 # %% ../nbs/11_sweep.ipynb #cd2dbc54
 def report_root() -> Path: return project_root() / 'report'
