@@ -313,7 +313,7 @@ CPU_TRAIN = TrainConfig(batch_size=32, max_steps=800, lr=5e-3, warmup_steps=80, 
                         checkpoint_every=100, threads=1)
 
 CPU_LRS = (5e-3, 8.409e-3, 1.414e-2, 2.378e-2, 4e-2)     # 5e-3 · 2^(3k/4), k = 0..4: 8 times from end to end; 5e-3, the
-                                                        # shared arm, at the low end: 1.77e-3 and 2.97e-3 lost by 0.6 nats
+                                                        # shared arm, at the low end (README: why this grid)
 CPU_TUNING = Tuning(CPU_LRS, seeds=(0, 1, 2),      # chosen by `study --preset cpu --tune`; the record: report/cpu/tuning.json
                     chosen={'moe': 0.02375, 'dense_active': 0.03281, 'dense_total': 0.0285})
 
