@@ -108,7 +108,7 @@ def tuning_plan(study: Study, rows: pd.DataFrame, variants=None) -> list[tuple[s
     done = {(r.variant, r.seed, float(r.lr)) for r in rows.itertuples()}
     todo = [(v, s, lr) for v in tuned_variants(study) if v in variants
             for lr in variant_grid(t, _losses(rows, v, t.seeds))[1] for s in t.seeds]
-    if t.tuned:      # the shared arm on the confirmation seeds
+    if t.tuned and t.shared_arm:      # the shared arm on the confirmation seeds
         todo += [(v, s, study.train.lr) for v in variants for s in confirmation_seeds(study, v)]
     return [(v, s, lr) for v, s, lr in todo if not any(v == d[0] and s == d[1] and math.isclose(lr, d[2], rel_tol=1e-6)
                                                          for d in done)]
