@@ -12,8 +12,8 @@ from scipy.special import huber
 
 # %% auto #0
 __all__ = ['LAW_PARAMS', 'LOG_FITTED', 'EXPONENT_STARTS', 'HUBER_DELTA', 'CURVE', 'Parabola', 'fit_isoflop_parabola',
-           'sparsity_law', 'LawFit', 'fit_sparsity_law', 'isoflop_points', 'isoflop_optima', 'fit_study_law',
-           'isoflop_findings', 'isoflop_results', 'plot_isoflop_curves', 'plot_optima', 'plot_law_fit']
+           'sparsity_law', 'LawFit', 'fit_sparsity_law', 'isoflop_points', 'isoflop_optima', 'bracket_plan',
+           'fit_study_law', 'isoflop_findings', 'isoflop_results', 'plot_isoflop_curves', 'plot_optima', 'plot_law_fit']
 
 # %% ../nbs/13_scaling.ipynb #31442227
 @dataclass(frozen=True)
@@ -140,6 +140,32 @@ def isoflop_optima(points: pd.DataFrame) -> pd.DataFrame:
                          'interior': total.interior and active.interior, 'parabola_total': total,
                          'parabola_active': active})
     return pd.DataFrame(rows)
+
+# %% ../nbs/13_scaling.ipynb #146c00b4
+def _curve(study: Study, v: str) -> tuple:
+    cfg, var = variant_config(study, v), study.variant(v)
+    return var.budget_flops, cfg.sparsity, var.granularity if cfg.is_moe else 1
+
+def bracket_plan(study: Study, runs: pd.DataFrame) -> list[str]:
+    """The reserve variants the bracketing rule asks for, given the complete `runs` (variant, best_val_loss): per IsoFLOP
+    curve with three sizes or more trained whose optimum lies beyond them, the untrained reserve size nearest beyond."""
+    curves: dict[tuple, list[str]] = {}
+    for v in study.variants:
+        if v.budget == 'fixed_flops': curves.setdefault(_curve(study, v.name), []).append(v.name)
+    loss = runs.groupby('variant').best_val_loss.mean() if len(runs) else pd.Series(dtype=float)
+    size = lambda v: count_params(variant_config(study, v)).active_nonembedding
+    plan = []
+    for members in curves.values():
+        trained = [v for v in members if v in loss.index]
+        reserve = [v for v in members if study.variant(v).reserve and v not in loss.index]
+        if len(trained) < 3 or not reserve: continue
+        n, y = np.array([size(v) for v in trained], float), loss[trained].to_numpy()
+        p = fit_isoflop_parabola(n, y)
+        at = p.n_opt if p.convex else n[np.argmin(y)]           # not convex: the lowest loss trained
+        end = n.min() if at <= n.min() else n.max() if at >= n.max() else None
+        beyond = [v for v in reserve if end is not None and (size(v) < end if end == n.min() else size(v) > end)]
+        if beyond: plan.append(min(beyond, key=lambda v: abs(np.log(size(v) / end))))
+    return plan
 
 # %% ../nbs/13_scaling.ipynb #45ac53aa
 def fit_study_law(points: pd.DataFrame) -> LawFit:

@@ -11,14 +11,15 @@ from .config import (MATCH_TARGETS, MAX_SEED, RENAMED_BUDGETS, Checks, ConfigErr
                               _is_number, _upgrade_router, config_from_dict, positive_int, valid_seed)
 
 # %% auto #0
-__all__ = ['MATCH_RESIZE', 'BUDGETS', 'TUNING_RULES', 'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS', 'EQUAL_MOE',
-           'EQUAL_RATES', 'ISOFLOP', 'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY', 'SEED_STUDY_SOURCE', 'DENSE_VS_MOE',
-           'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN', 'CPU_LRS', 'CPU_TUNING',
-           'CPU_DESIGN_SEARCH', 'ABLATIONS', 'ISOFLOP_REFERENCE', 'ISOFLOP_CPU_TRAIN', 'ISOFLOP_EXPERTS',
-           'ISOFLOP_RATIOS', 'EQUAL_CPU_MODEL', 'EQUAL_CPU_RATES', 'EQUAL_CPU_DATA', 'EQUAL_CPU_TRAIN',
-           'EQUAL_CPU_TUNING', 'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN', 'STORIES_GPU_DATA', 'STUDIES',
-           'OVERRIDE_SECTIONS', 'Variant', 'Comparison', 'Tuning', 'check_tuning', 'Study', 'equal_resources',
-           'isoflop_sweep', 'dense_vs_moe', 'study_to_dict', 'study_from_dict', 'get_preset', 'study_with']
+__all__ = ['MATCH_RESIZE', 'BUDGETS', 'TUNING_RULES', 'LAW_TERMS', 'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS',
+           'EQUAL_MOE', 'EQUAL_RATES', 'ISOFLOP', 'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY', 'SEED_STUDY_SOURCE',
+           'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN', 'CPU_LRS', 'CPU_TUNING',
+           'CPU_DESIGN_SEARCH', 'ABLATIONS', 'ISOFLOP_CPU_MODEL', 'ISOFLOP_CPU_TRAIN', 'ISOFLOP_CPU_BUDGETS',
+           'ISOFLOP_EXPERTS', 'ISOFLOP_CPU_WIDTHS', 'ISOFLOP_CPU_TUNING', 'EQUAL_CPU_MODEL', 'EQUAL_CPU_RATES',
+           'EQUAL_CPU_DATA', 'EQUAL_CPU_TRAIN', 'EQUAL_CPU_TUNING', 'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN',
+           'ISOFLOP_GPU_WIDTHS', 'ISOFLOP_GPU_TUNING', 'STORIES_GPU_DATA', 'STUDIES', 'OVERRIDE_SECTIONS', 'Variant',
+           'Comparison', 'Tuning', 'check_tuning', 'Study', 'equal_resources', 'isoflop_sweep', 'dense_vs_moe',
+           'study_to_dict', 'study_from_dict', 'get_preset', 'study_with']
 
 # %% ../nbs/00a_studies.ipynb #fc0f7955
 MATCH_RESIZE = ('ffn', 'width')
@@ -41,6 +42,8 @@ class Variant:
     tokens_per_param: float | None = None   # with budget='fixed_flops': d_model sized so tokens / active params is this
     granularity: int = 1            # G: each expert split into G of width d_expert / G, top_k · G of them used
     seeds: tuple[int, ...] | None = None    # the seeds a study runs this variant with (None: the study's)
+    reserve: bool = False           # an IsoFLOP size beyond a curve's declared ones: trained only when the curve's
+                                    # optimum lies beyond the sizes trained (the bracketing rule, chapter 11)
 
     def __post_init__(self):
         c = Checks(self, f"Variant {self.name!r}")
@@ -65,6 +68,8 @@ class Variant:
                                                   and self.budget == 'fixed_flops'), 'tokens_per_param',
                "must be None, or a positive number with budget='fixed_flops' (it sizes the model for its FLOPs budget)")
         c.need(positive_int(self.granularity), 'granularity', "must be a positive integer")
+        c.need(isinstance(self.reserve, bool) and (not self.reserve or self.budget == 'fixed_flops'), 'reserve',
+               "must be True or False, and True only with budget='fixed_flops' (a reserve size of an IsoFLOP curve)")
         c.need(self.seeds is None or (isinstance(self.seeds, tuple) and len(self.seeds) > 0 and all(map(valid_seed, self.seeds))
                                       and len(set(self.seeds)) == len(self.seeds)), 'seeds',
                f"must be None or a tuple of distinct integers from 0 to {MAX_SEED}")
@@ -81,6 +86,7 @@ class Variant:
         if self.budget == 'fixed_flops': parts.append(f"{self.budget_flops:.3g} FLOPs budget")
         elif self.budget == 'reference_flops': parts.append("the reference's FLOPs")
         if self.fresh_data: parts.append("fresh data")
+        if self.reserve: parts.append("reserve: trained if the curve's optimum lies beyond its sizes")
         return ', '.join(parts) or 'reference'
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class Comparison:
 
 # %% ../nbs/00a_studies.ipynb #9b0feab2
 TUNING_RULES = ('per_variant', 'shared', 'fitted')
+LAW_TERMS = ('n_active', 'tokens', 'sparsity')
 
 @dataclass(frozen=True)
 class Tuning:
@@ -106,6 +113,8 @@ class Tuning:
     anchors: tuple[str, ...] = ()           # 'fitted': the variants tuned; every variant gets the fitted law's lr
     inherit: dict = field(default_factory=dict)     # variant -> the variant whose lr it takes (a twin, its partner)
     chosen: dict = field(default_factory=dict)      # variant -> lr the tuning chose, shipped with the declaration
+    law_terms: tuple[str, ...] = ('n_active', 'tokens')   # 'fitted': log lr* = a + b log N_active (+ c log D where the
+                                            # anchors' tokens differ) (+ an intercept per sparsity with 'sparsity')
     shared_arm: bool = True                 # also train every variant at train.lr on the confirmation seeds (the
                                             # untuned answer beside the tuned one); False halves a costly study
 
@@ -126,6 +135,9 @@ class Tuning:
                "must map a variant to the variant whose lr it takes, and that one must be tuned (no chains)")
         c.need(isinstance(self.chosen, dict) and all(_is_number(x) and x > 0 for x in self.chosen.values()), 'chosen',
                "must map variants to positive learning rates")
+        c.need(isinstance(self.law_terms, tuple) and 'n_active' in self.law_terms and set(self.law_terms) <= set(LAW_TERMS)
+               and len(set(self.law_terms)) == len(self.law_terms), 'law_terms',
+               f"must hold 'n_active' and may add 'tokens' and 'sparsity' (the terms of the fitted law: {LAW_TERMS})")
         c.need(isinstance(self.shared_arm, bool), 'shared_arm', "must be True or False")
         c.raise_all()
 
@@ -266,23 +278,50 @@ ABNAR_FINDINGS = ("At a fixed training budget, more sparsity with a larger total
                   "rose, the compute-optimal total size grew and the compute-optimal active size shrank; below a size "
                   "threshold, which rises with the budget, dense models beat sparse ones.")
 
+def _kinds(reference: ModelConfig, experts, granularities) -> list[tuple[float, int, dict, str]]:
+    "(S, G, overrides, words) of each curve's model: the dense one (the MoEs' active FFN, d_ff = k·d_e), then each (E, k) MoE at each G."
+    kinds = [(0.0, 1, {'ffn': 'dense', 'd_ff': reference.top_k * reference.d_expert}, "dense")]
+    return kinds + [((E - k) / E, G, {'ffn': 'moe', 'n_experts': E, 'top_k': k}, f"{E} experts, top-{k}" +
+                     (f", granularity {G}" if G > 1 else '')) for E, k in experts for G in granularities]
+
+def _width_overrides(reference: ModelConfig, overrides: dict, d: int) -> dict:
+    "`overrides` at width d: d_model = d, and the FFN or expert widths scaled with it from the reference's."
+    scale = lambda w: max(1, round(w * d / reference.d_model))
+    ffn = {'d_ff': scale(overrides['d_ff'])} if overrides['ffn'] == 'dense' else {'d_expert': scale(reference.d_expert)}
+    return {**overrides, 'd_model': d, **ffn}
+
+def _reserve_widths(widths: tuple[int, ...], reserve: int) -> tuple[list[int], list[int]]:
+    "Up to `reserve` widths below and above `widths`, each one step of its end's spacing further (none below 4)."
+    lo, hi = widths[1] - widths[0], widths[-1] - widths[-2]
+    return ([w for i in range(reserve, 0, -1) if (w := widths[0] - i * lo) >= 4],
+            [widths[-1] + i * hi for i in range(1, reserve + 1)])
+
 def isoflop_sweep(name: str, description: str, reference: ModelConfig, data: DataConfig, train: TrainConfig,
-                  budgets: tuple[float, ...], experts: tuple[tuple[int, int], ...], ratios: tuple[float, ...],
-                  granularities: tuple[int, ...] = (1,), noise_budget: int | None = None, **kw) -> Study:
-    """An IsoFLOP study: for each budget, a dense model and each (E, k) MoE (split by each granularity), sized by
-    the solver for each of `ratios` tokens per active parameter; a second seed for the runs at `budgets[noise_budget]`."""
+                  budgets: tuple[float, ...], experts: tuple[tuple[int, int], ...], ratios: tuple[float, ...] = (),
+                  widths: tuple[tuple[int, ...], ...] = (), reserve: int = 0, granularities: tuple[int, ...] = (1,),
+                  noise_budget: int | None = None, **kw) -> Study:
+    """An IsoFLOP study: for each budget, a dense model and each (E, k) MoE (split by each granularity) at each size:
+    sized by the solver for each of `ratios` tokens per active parameter, or at each of the budget's `widths`
+    (d_model; one tuple per budget) with `reserve` more widths beyond each end, trained only if the curve's optimum
+    lies beyond its trained sizes. `noise_budget`: a second seed for the runs at `budgets[noise_budget]` alone."""
+    if bool(ratios) == bool(widths) or (widths and len(widths) != len(budgets)) or (reserve and not widths):
+        raise ConfigError(f"isoflop_sweep {name!r}: give either ratios or widths (one tuple of d_model per budget, "
+                          f"{len(budgets)} here); reserve sizes need widths")
     variants = []
     for i, budget in enumerate(budgets):
         seeds = (0, 1) if i == noise_budget else None
-        kinds = [(0.0, 1, {'ffn': 'dense', 'd_ff': reference.top_k * reference.d_expert}, "dense")]
-        kinds += [((E - k) / E, G, {'ffn': 'moe', 'n_experts': E, 'top_k': k}, f"{E} experts, top-{k}" +
-                   (f", granularity {G}" if G > 1 else '')) for E, k in experts for G in granularities]
-        for S, G, overrides, what in kinds:
-            for r in ratios:
-                n = f"c{i + 1}_s{round(100 * S):02d}{f'_g{G}' if G > 1 else ''}_r{r:g}"
-                variants.append(Variant(n, f"S = {S:g} ({what}) at {budget:.3g} FLOPs, sized for {r:g} tokens per active "
-                                           "parameter", overrides, budget='fixed_flops', budget_flops=budget,
-                                        tokens_per_param=r, granularity=G, seeds=seeds))
+        for S, G, overrides, what in _kinds(reference, experts, granularities):
+            head = f"c{i + 1}_s{round(100 * S):02d}{f'_g{G}' if G > 1 else ''}"
+            where = f"S = {S:g} ({what}) at {budget:.3g} FLOPs"
+            common = dict(budget='fixed_flops', budget_flops=budget, granularity=G, seeds=seeds)
+            if ratios:
+                variants += [Variant(f"{head}_r{r:g}", f"{where}, sized for {r:g} tokens per active parameter", overrides,
+                                     tokens_per_param=r, **common) for r in ratios]
+                continue
+            low, high = _reserve_widths(widths[i], reserve)
+            variants += [Variant(f"{head}_d{d}", f"{where}, d_model = {d}" + (" (reserve)" if d in low + high else ''),
+                                 _width_overrides(reference, overrides, d), reserve=d in low + high, **common)
+                         for d in (*low, *widths[i], *high)]
     return Study(name, description, reference, data, train, tuple(variants), question=ISOFLOP,
                   published_source=ABNAR_ET_AL, published_findings=ABNAR_FINDINGS, **kw)
 
@@ -339,12 +378,19 @@ ABLATIONS = (
     _ablation('e8_top2', "8 experts, top-2 (twice the stored experts, same active)", n_experts=8),
 )
 
-ISOFLOP_REFERENCE = ModelConfig(vocab_size=1024, d_model=32, n_layers=4, n_heads=2, d_ff=128, context_len=128, ffn='moe',
-                                n_experts=8, top_k=2, d_expert=64)      # widths are the solver's; d_e = 2·d_model
-ISOFLOP_CPU_TRAIN = TrainConfig(batch_size=32, lr=5e-3, warmup_steps=30, eval_every=100, log_every=20,
+ISOFLOP_CPU_MODEL = ModelConfig(vocab_size=512, d_model=16, n_layers=4, n_heads=2, d_ff=64, context_len=128, ffn='moe',
+                                n_experts=8, top_k=2, d_expert=32)      # d_e = 2·d_model; a vocabulary of 512: at these
+                                                                        # widths 1024 would spend half the FLOPs on logits
+ISOFLOP_CPU_TRAIN = TrainConfig(batch_size=16, lr=2.378e-2, warmup_steps=30, eval_every=100, log_every=20,
                                 checkpoint_every=100, threads=1)
-ISOFLOP_EXPERTS = ((4, 2), (8, 2), (16, 2))         # S = 0.5, 0.75, 0.875, beside the dense model (S = 0)
-ISOFLOP_RATIOS = (8, 20, 50, 125)                   # tokens per active parameter: 2.5 times apart, around ~20
+ISOFLOP_CPU_BUDGETS = (1e11, 2e11, 4e11, 8e11)      # doubling: 8 times from end to end
+ISOFLOP_EXPERTS = ((4, 2), (16, 2))                 # S = 0.5 and 0.875, beside the dense model (S = 0)
+ISOFLOP_CPU_WIDTHS = ((8, 12, 16, 20, 24), (12, 16, 20, 24, 28), (12, 16, 20, 24, 28), (16, 20, 24, 28, 32))
+                                                    # about the compute-optimal width at each budget (N* ∝ C^0.5), ± 2 steps
+ISOFLOP_CPU_TUNING = Tuning(CPU_LRS[1:], seeds=(2,), rule='fitted', law_terms=('n_active', 'sparsity'), shared_arm=False,
+                            anchors=tuple(f"{c}_s{s:02d}_d{d}" for s in (0, 50, 88) for c, d in (('c1', 12), ('c3', 24))))
+                                                    # per sparsity, a small model at the smallest budget and a large one
+                                                    # at the third: log lr* = a_S + b log N_active through them
 
 EQUAL_CPU_MODEL = ModelConfig(vocab_size=1024, d_model=24, n_layers=4, n_heads=2, d_ff=392, context_len=128)
                                     # d_ff = 24 · 16 + 8: 23 routed and 1 shared experts of width 16 and the router match
@@ -361,6 +407,11 @@ SEED_STUDY_MODEL = ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads
                                ffn='moe', n_experts=4, top_k=2, d_expert=688)
 SEED_STUDY_TRAIN = TrainConfig(batch_size=64, epochs=1.0, lr=2e-3, warmup_steps=500, eval_every=1000, log_every=50,
                                checkpoint_every=1000)
+ISOFLOP_GPU_WIDTHS = ((192, 224, 256, 320, 384), (224, 256, 320, 384, 448), (256, 320, 384, 448, 512),
+                      (320, 384, 448, 512, 576))     # N ≈ 128 d² (8 layers) about sqrt(C / 120): 20 tokens per parameter
+ISOFLOP_GPU_TUNING = Tuning((5e-4, 1e-3, 2e-3, 4e-3), seeds=(2,), rule='fitted', law_terms=('n_active', 'sparsity'),
+                            shared_arm=False, anchors=tuple(f"{c}_s{s:02d}_d{d}" for s in (0, 50, 88)
+                                                            for c, d in (('c1', 192), ('c3', 448))))
 STORIES_GPU_DATA = DataConfig(train_docs=2_000_000, val_docs=10_000, n_characters=500, tokenizer_docs=200_000)
 
 STUDIES: dict[str, Study] = {p.name: p for p in (
@@ -406,18 +457,24 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
                     TrainConfig(batch_size=64, max_steps=2500, lr=2e-3, warmup_steps=250, eval_every=250, log_every=50,
                                 checkpoint_every=250, unique_tokens=2500 * 64 * 512),
                     EQUAL_RATES),
-    isoflop_sweep('isoflop_cpu', "IsoFLOP sweeps on two CPU cores: 2 budgets × 4 sparsities × 4 sizes (widths 20 to 48), "
-                  "a second seed at the first budget", ISOFLOP_REFERENCE, CPU_DATA, ISOFLOP_CPU_TRAIN, (1e12, 2e12),
-                  ISOFLOP_EXPERTS, ISOFLOP_RATIOS, noise_budget=0, seeds=(0,), match_multiple=4,
-                  design_search="Budgets, sparsities and tokens-per-parameter targets were fixed from the solver's widths "
-                                "and measured step times alone, before any run of the study trained."),
+    isoflop_sweep('isoflop_cpu', "IsoFLOP sweeps on two CPU cores: 4 budgets from 1e11 to 8e11 FLOPs × 3 sparsities × 5 "
+                  "widths (8 to 32), two seeds, learning rates by a law fitted through tuned anchors",
+                  ISOFLOP_CPU_MODEL, CPU_DATA, ISOFLOP_CPU_TRAIN, ISOFLOP_CPU_BUDGETS, ISOFLOP_EXPERTS,
+                  widths=ISOFLOP_CPU_WIDTHS, reserve=1, seeds=(0, 1), tuning=ISOFLOP_CPU_TUNING,
+                  design_search="Budgets, sparsities and widths were fixed from parameter counts and measured step times "
+                                "alone, before any run of the study trained; the widths centre on N* ∝ C^0.5 through the "
+                                "previous design's optima. The learning rates: six anchors (per sparsity, width 12 at "
+                                "1e11 and width 24 at 4e11) tuned on seed 2, a law through them for the rest. Seeds 0 "
+                                "and 1 played no part in either choice."),
     isoflop_sweep('isoflop_gpu', "IsoFLOP sweeps on one GPU at the seed study's scale: TinyStories, 8 layers, "
-                  "2 budgets × 4 sparsities × 4 sizes", ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4,
-                  d_ff=688, context_len=512, ffn='moe', n_experts=8, top_k=2, d_expert=344),
+                  "4 budgets from 1e16 to 8e16 FLOPs × 3 sparsities × 5 widths, two seeds, learning rates by a fitted law",
+                  ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=1024, context_len=512, ffn='moe',
+                              n_experts=8, top_k=2, d_expert=512),
                   DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
                   TrainConfig(batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, log_every=50,
                               checkpoint_every=500),
-                  (1e16, 3e16), ISOFLOP_EXPERTS, ISOFLOP_RATIOS, noise_budget=0, seeds=(0,), match_multiple=8),
+                  (1e16, 2e16, 4e16, 8e16), ISOFLOP_EXPERTS, widths=ISOFLOP_GPU_WIDTHS, reserve=1, seeds=(0, 1),
+                  tuning=ISOFLOP_GPU_TUNING, match_multiple=8),
     dense_vs_moe('tinystories', "the seed study's regime: TinyStories, one GPU, ~20M parameters stored",
                  SEED_STUDY_MODEL, DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
                  SEED_STUDY_TRAIN),
@@ -453,9 +510,9 @@ def study_from_dict(d: dict) -> Study:
     for s in ('seeds', 'design_seeds'):
         if s in d: d[s] = tuple(d[s])
     if isinstance(d.get('tuning'), dict):
-        t = {k: tuple(v) if k in ('lrs', 'seeds', 'anchors') and isinstance(v, list) else v for k, v in d['tuning'].items()}
+        t = {k: tuple(v) if k in ('lrs', 'seeds', 'anchors', 'law_terms') and isinstance(v, list) else v for k, v in d['tuning'].items()}
         try: d['tuning'] = config_from_dict(Tuning, t)
-        except TypeError as e: raise ConfigError(f"tuning: {e} (its fields: lrs, seeds, rule, extend, anchors, inherit, chosen, shared_arm)") from None
+        except TypeError as e: raise ConfigError(f"tuning: {e} (its fields: lrs, seeds, rule, extend, anchors, inherit, chosen, law_terms, shared_arm)") from None
     d['published'] = {k: tuple(v) for k, v in d.get('published', {}).items()}
     return config_from_dict(Study, {**d, **sections, 'variants': variants, 'comparisons': comparisons})
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .config import ConfigError, check_seeds, positive_int
 from .studies import STUDIES, Study, study_to_dict
 from .fileio import project_root
-from .analysis import AUDIT_COLUMNS, require_fair, study_results
+from .analysis import AUDIT_COLUMNS, load_runs, require_fair, study_results
 from .data import load_data
 from .fileio import write_json_atomic, write_text_atomic
 from .params import flops_per_token, run_budget, variant_config
@@ -199,20 +199,33 @@ def _tune(study: Study, variants: list[str], root: Path, execute_all) -> list[Ru
         outcomes += execute_all(study, plan, desc=f"study {study.name}: tuning")
     return outcomes
 
+def _bracket(study: Study, seeds, root: Path, execute_all) -> list[RunOutcome]:
+    """The reserve sizes the bracketing rule asks for (chapter 13's `bracket_plan`: an IsoFLOP curve whose optimum lies
+    beyond its trained sizes gets the next size out), round after round, until none is asked for or none progressed."""
+    from moe_study.scaling import bracket_plan             # chapter 13 builds on this one
+    outcomes, tried = [], set()
+    while plan := [v for v in bracket_plan(study, load_runs(study.name, root)[0]) if v not in tried]:
+        tried |= set(plan)
+        outcomes += execute_all(study, [(v, s, None) for v in plan for s in (seeds or study.variant(v).seeds or study.seeds)],
+                                desc=f"study {study.name}: bracketing")
+    return outcomes
+
 def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
           execute=execute_run, jobs: int | None = None, running=None, tune: bool = False) -> list[RunOutcome]:
-    """Run every variant × seed of `study` (default: all it declares, each with its own seeds or else the study's)
+    """Run every variant × seed of `study` (default: all it declares but its reserve sizes, each with its own seeds or
+    else the study's)
     that is not complete, `jobs` at a time (None: `default_jobs`): one run of each variant first (each shape then
     compiles once, not once per parallel run), then the costliest first (training FLOPs, else FLOPs per token) so
     the last to finish are the short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
     the variants, the seeds (a repeated one runs once), the corpus, and each finished run's identity.
     A study that declares a tuning but ships no chosen learning rates (or `tune=True`) first runs its tuning runs
-    (chapter 10a), then its runs at the rates they choose; a variant left without one fails, naming why.
+    (chapter 10a), then its runs at the rates they choose; a variant left without one fails, naming why. Then, when no
+    `variants` were named, the reserve sizes its IsoFLOP curves ask for (`_bracket`).
     An interrupt launches nothing more, stops the running runs (`running.stop()`; default: this machine's `Processes`)
     and raises `Interrupted`. `execute(study, variant, seed, root, running, lr=…)` runs one run to its end."""
     if jobs is not None and not positive_int(jobs):
         raise ConfigError(f"jobs={jobs!r}: must be a positive integer (the number of runs executed at once)")
-    variants = list(dict.fromkeys(variants or study.variant_names))
+    named, variants = variants, list(dict.fromkeys(variants or [v.name for v in study.variants if not v.reserve]))
     for v in variants: study.variant(v)
     seeds = None if seeds is None else check_seeds(seeds, 'seed')
     root = Path(root or runs_root())
@@ -233,7 +246,9 @@ def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, pro
     untuned = [run for run in todo if study.variant_lr(run[0]) is None]
     outcomes += [RunOutcome(v, s, str(run_dir(study.name, v, s, root)), 'failed', f"no learning rate: the tuning runs of "
                             f"{v} did not all finish (see the failed tuning runs)") for v, s, _ in untuned]
-    return outcomes + execute_all(study, [run for run in todo if run not in untuned], desc=f"study {study.name}")
+    outcomes += execute_all(study, [run for run in todo if run not in untuned], desc=f"study {study.name}")
+    if not named and any(v.reserve for v in study.variants): outcomes += _bracket(study, seeds, root, execute_all)
+    return outcomes
 
 # %% ../nbs/11_sweep.ipynb #cd2dbc54
 def report_root() -> Path: return project_root() / 'report'

@@ -43,23 +43,30 @@ def next_lr(lrs, edge: str) -> float:
     return float(f"{lr:.4g}")
 
 # %% ../nbs/10a_tuning.ipynb #0bc73da1
-def fit_lr_law(n_active, lrs, tokens=None) -> dict:
-    """log lr* = a + b log N_active (+ c log D) by least squares: {'a', 'b', 'c' (None without tokens), 'residuals'
+def fit_lr_law(n_active, lrs, tokens=None, groups=None) -> dict:
+    """log lr* = a + b log N_active (+ c log D) by least squares, with an intercept a_g per group where `groups` labels
+    the points (a sparsity each): {'a' (a number, or group -> number), 'b', 'c' (None without tokens), 'residuals'
     (log lr, one per point), 'rms'}. Needs more points than coefficients."""
     n, lr = np.asarray(n_active, dtype=float), np.asarray(lrs, dtype=float)
-    cols = [np.ones_like(n), np.log(n)] + ([np.log(np.asarray(tokens, dtype=float))] if tokens is not None else [])
+    labels = sorted(set(groups)) if groups is not None else [None]
+    cols = ([np.array([g == label for g in groups], dtype=float) for label in labels] if groups is not None else [np.ones_like(n)])
+    cols += [np.log(n)] + ([np.log(np.asarray(tokens, dtype=float))] if tokens is not None else [])
     X = np.stack(cols, 1)
     if len(n) < X.shape[1] + 1 or np.linalg.matrix_rank(X) < X.shape[1]:
         raise ValueError(f"fit_lr_law: {len(n)} anchors cannot fit {X.shape[1]} coefficients (they need distinct sizes"
-                         f"{' and token counts' if tokens is not None else ''} and one point more than coefficients)")
+                         f"{' and token counts' if tokens is not None else ''}{' within a group' if groups is not None else ''}"
+                         " and one point more than coefficients)")
     coef, *_ = np.linalg.lstsq(X, np.log(lr), rcond=None)
-    residuals = np.log(lr) - X @ coef
-    return {'a': float(coef[0]), 'b': float(coef[1]), 'c': float(coef[2]) if tokens is not None else None,
+    residuals, k = np.log(lr) - X @ coef, len(labels)
+    return {'a': float(coef[0]) if groups is None else {label: float(c) for label, c in zip(labels, coef[:k])},
+            'b': float(coef[k]), 'c': float(coef[k + 1]) if tokens is not None else None,
             'residuals': residuals.tolist(), 'rms': float(np.sqrt(np.mean(residuals ** 2)))}
 
-def predict_lr(law: dict, n_active: float, tokens: float | None = None) -> float:
-    "The learning rate the fitted law gives a variant with `n_active` active parameters (and `tokens`, if it was fitted on them)."
-    return float(np.exp(law['a'] + law['b'] * np.log(n_active) + (law['c'] * np.log(tokens) if law['c'] is not None else 0)))
+def predict_lr(law: dict, n_active: float, tokens: float | None = None, group=None) -> float:
+    """The learning rate the fitted law gives a variant with `n_active` active parameters (and `tokens`, if it was fitted
+    on them; in `group`, if it was fitted with an intercept per group)."""
+    a = law['a'] if not isinstance(law['a'], dict) else law['a'][group]
+    return float(np.exp(a + law['b'] * np.log(n_active) + (law['c'] * np.log(tokens) if law['c'] is not None else 0)))
 
 # %% ../nbs/10a_tuning.ipynb #8542d6b7
 def load_tuning_runs(study: str, root: Path | None = None) -> pd.DataFrame:
@@ -133,13 +140,18 @@ def choose(study: Study, rows: pd.DataFrame) -> tuple[dict[str, float], dict]:
     else:
         sizes = {v: _size(study, v) for v in study.variant_names}
         tokens = [sizes[v][1] for v in t.anchors]
-        with_tokens = len(set(tokens)) > 1 and None not in tokens
+        with_tokens = 'tokens' in t.law_terms and len(set(tokens)) > 1 and None not in tokens
+        group = {v: f"{variant_config(study, v).sparsity:g}" if 'sparsity' in t.law_terms else None for v in study.variant_names}
         law = fit_lr_law([sizes[v][0] for v in t.anchors], [detail[v]['selection']['lr'] for v in t.anchors],
-                         tokens if with_tokens else None)
-        chosen = {v: float(f"{predict_lr(law, *(sizes[v] if with_tokens else sizes[v][:1])):.4g}")
+                         tokens if with_tokens else None, [group[v] for v in t.anchors] if 'sparsity' in t.law_terms else None)
+        if unanchored := sorted({group[v] for v in study.variant_names} - set(law['a'] if isinstance(law['a'], dict) else [None])):
+            raise ValueError(f"tuning.anchors of study {study.name!r} have no variant at sparsity {', '.join(unanchored)}: the "
+                             "law fitted with an intercept per sparsity ('sparsity' in law_terms) needs anchors at each")
+        chosen = {v: float(f"{predict_lr(law, sizes[v][0], sizes[v][1] if with_tokens else None, group[v]):.4g}")
                   for v in study.variant_names if v not in t.inherit}
         detail['_law'] = {**law, 'anchors': list(t.anchors), 'n_active': [sizes[v][0] for v in t.anchors],
-                          'tokens': tokens if with_tokens else None}
+                          'tokens': tokens if with_tokens else None,
+                          'sparsity': [group[v] for v in t.anchors] if 'sparsity' in t.law_terms else None}
     chosen = {v: float(f"{lr:.4g}") for v, lr in chosen.items()}
     return {v: chosen[t.inherit.get(v, v)] for v in study.variant_names if t.inherit.get(v, v) in chosen}, detail
 
