@@ -271,7 +271,7 @@ def variant_row(preset: Study | str, variant: str) -> dict:
             'params_embedding': c.embedding, 'params_total_nonembedding': c.total_nonembedding,
             'params_active_nonembedding': c.active_nonembedding, 'activation_rate': round(c.activation_rate, 6),
             'sparsity': cfg.sparsity,
-            'granularity': preset.variant(variant).granularity if moe else None,
+            'granularity': preset.variant(variant).granularity if moe else None, 'reserve': preset.variant(variant).reserve,
             'flops_per_token': flops_per_token(cfg), 'budget': b.rule,
             'budget_flops': preset.variant(variant).budget_flops, 'steps': b.steps, 'tokens': b.tokens,
             'unique_tokens': b.unique_tokens, 'epochs': b.epochs and round(b.epochs, 6), 'train_flops': b.train_flops,

@@ -4,16 +4,17 @@
 
 # %% ../nbs/13_scaling.ipynb #8640a2a4
 from __future__ import annotations
-import itertools
+import itertools, time
 from dataclasses import dataclass
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import least_squares, minimize
 from scipy.special import huber
 
 # %% auto #0
-__all__ = ['LAW_PARAMS', 'LOG_FITTED', 'EXPONENT_STARTS', 'HUBER_DELTA', 'CURVE', 'Parabola', 'fit_isoflop_parabola',
-           'sparsity_law', 'LawFit', 'fit_sparsity_law', 'isoflop_points', 'isoflop_optima', 'bracket_plan',
-           'fit_study_law', 'isoflop_findings', 'isoflop_results', 'plot_isoflop_curves', 'plot_optima', 'plot_law_fit']
+__all__ = ['LAW_PARAMS', 'LOG_FITTED', 'EXPONENT_STARTS', 'HUBER_DELTA', 'FITTERS', 'CURVE', 'Parabola', 'fit_isoflop_parabola',
+           'sparsity_law', 'LawFit', 'fit_sparsity_law', 'isoflop_points', 'isoflop_optima', 'bootstrap_optima',
+           'bracket_plan', 'fit_study_law', 'predict_optima', 'isoflop_findings', 'isoflop_results',
+           'plot_isoflop_curves', 'plot_optima', 'plot_law_fit']
 
 # %% ../nbs/13_scaling.ipynb #31442227
 @dataclass(frozen=True)
@@ -68,6 +69,29 @@ def _objective(theta, N, D, S, log_loss) -> tuple[float, np.ndarray]:
     weight = np.clip(r, -HUBER_DELTA, HUBER_DELTA) / pred            # huber'(r) · d ln(pred) / d pred
     return float(huber(HUBER_DELTA, r).sum()), dpred @ weight
 
+def _residuals(theta, N, D, S, log_loss) -> tuple[np.ndarray, np.ndarray]:
+    "The log-loss residuals and their Jacobian in theta, for scipy's least_squares (overflowing trial steps: large, finite)."
+    a, alpha, b, beta, c, lam, d, delta, gamma, e = _params(theta)
+    lnN, lnD, lnU = np.log(N), np.log(D), np.log(1 - S)
+    with np.errstate(all='ignore'):
+        terms = (a * np.exp(-alpha * lnN), b * np.exp(-beta * lnD), c * np.exp(-lam * lnU), d * np.exp(-delta * lnU - gamma * lnN))
+        pred = sum(terms) + e
+        r = np.log(pred) - log_loss
+        A, B, C, Dd = terms
+        J = np.stack([A, -A * lnN, B, -B * lnD, C, -C * lnU, Dd, -Dd * lnU, -Dd * lnN, np.full_like(A, e)], 1) / pred[:, None]
+    return np.nan_to_num(r, nan=1e3, posinf=1e3, neginf=-1e3), np.nan_to_num(J, nan=0.0, posinf=0.0, neginf=0.0)
+
+def _lbfgs(theta0, args) -> np.ndarray:
+    return minimize(_objective, theta0, args=args, method='L-BFGS-B', jac=True,
+                    options=dict(ftol=1e-15, gtol=1e-12, maxiter=20_000, maxfun=200_000)).x
+
+def _least_squares(theta0, args) -> np.ndarray:
+    return least_squares(lambda t: _residuals(t, *args)[0], theta0, jac=lambda t: _residuals(t, *args)[1], loss='huber',
+                         f_scale=HUBER_DELTA, method='trf', x_scale='jac', ftol=1e-15, xtol=1e-15, gtol=1e-15,
+                         max_nfev=20_000).x
+
+FITTERS = {'lbfgs': _lbfgs, 'least_squares': _least_squares}     # hand-written L-BFGS on the Huber loss | scipy's robust
+                                                                 # trust-region least squares on the same loss
 @dataclass(frozen=True)
 class LawFit:
     "A fitted sparsity law: its parameters, the error in sample and on the held-out points."
@@ -76,29 +100,34 @@ class LawFit:
     held_out_rmse: float | None     # the same on the held-out points (None without any)
     n_fit: int
     n_held_out: int
+    objective: float = float('nan') # the Huber loss of the fitted points' log-loss residuals at the fit (lower: a better fit)
+    fitter: str = 'lbfgs'
+    seconds: float = float('nan')   # the fit's wall time, every start included
 
     def __call__(self, N, D, S) -> np.ndarray: return sparsity_law([self.params[k] for k in LAW_PARAMS], N, D, S)
 
 def _rmse(pred, loss) -> float: return float(np.sqrt(np.mean((pred / loss - 1) ** 2)))
 
-def fit_sparsity_law(N, D, S, loss, holdout=None) -> LawFit:
-    "Fit eq. 6 to `loss` at (N, D, S) by Huber loss on log-loss and L-BFGS from a grid; `holdout`: points left out."
+def fit_sparsity_law(N, D, S, loss, holdout=None, fitter: str = 'lbfgs') -> LawFit:
+    """Fit eq. 6 to `loss` at (N, D, S) by Huber loss on log-loss from a grid of starts, with `fitter` (a key of
+    FITTERS); `holdout`: points left out."""
+    if fitter not in FITTERS: raise ValueError(f"fitter={fitter!r}: must be one of {', '.join(FITTERS)}")
     N, D, S, loss = (np.asarray(x, float) for x in (N, D, S, loss))
     keep = ~np.asarray(holdout, bool) if holdout is not None else np.ones(len(loss), bool)
     if keep.sum() < len(LAW_PARAMS):
         raise ValueError(f"fitting the {len(LAW_PARAMS)} parameters of the law needs as many points, got {keep.sum()}")
     args = (N[keep], D[keep], S[keep], np.log(loss[keep]))
-    scale = np.log(loss.min() / 2)
-    best = None
+    scale, best, started = np.log(loss.min() / 2), None, time.perf_counter()
     for exponents in itertools.product(*EXPONENT_STARTS.values()):
         start = dict(zip(EXPONENT_STARTS, exponents))
         theta0 = [scale + 3 * (k in ('a', 'b')) if k in LOG_FITTED else start[k] for k in LAW_PARAMS]
-        r = minimize(_objective, theta0, args=args, method='L-BFGS-B', jac=True,
-                     options=dict(ftol=1e-15, gtol=1e-12, maxiter=20_000, maxfun=200_000))
-        if best is None or r.fun < best.fun: best = r
-    fit = LawFit(dict(zip(LAW_PARAMS, map(float, _params(best.x)))), 0.0, None, int(keep.sum()), int((~keep).sum()))
+        theta = FITTERS[fitter](np.array(theta0, float), args)
+        value = _objective(theta, *args)[0]
+        if best is None or value < best[1]: best = (theta, value)
+    fit = LawFit(dict(zip(LAW_PARAMS, map(float, _params(best[0])))), 0.0, None, int(keep.sum()), int((~keep).sum()))
     held = None if keep.all() else _rmse(fit(N[~keep], D[~keep], S[~keep]), loss[~keep])
-    return LawFit(fit.params, _rmse(fit(N[keep], D[keep], S[keep]), loss[keep]), held, fit.n_fit, fit.n_held_out)
+    return LawFit(fit.params, _rmse(fit(N[keep], D[keep], S[keep]), loss[keep]), held, fit.n_fit, fit.n_held_out,
+                  float(best[1]), fitter, time.perf_counter() - started)
 
 # %% ../nbs/13_scaling.ipynb #76c53946
 import pandas as pd
@@ -115,7 +144,7 @@ def isoflop_points(runs: pd.DataFrame, study: Study, configs: dict) -> pd.DataFr
         counts = count_params(cfg)
         rows.append({'variant': r.variant, 'seed': r.seed, 'budget_flops': v.budget_flops,
                      'sparsity': cfg.sparsity,
-                     'granularity': v.granularity if cfg.is_moe else 1, 'd_model': cfg.d_model,
+                     'granularity': v.granularity if cfg.is_moe else 1, 'd_model': cfg.d_model, 'reserve': v.reserve,
                      'n_total': counts.total_nonembedding, 'n_active': counts.active_nonembedding,
                      'tokens': c['identity']['steps'] * c['tokens_per_step'], 'train_flops': c['train_flops'],
                      'loss': r.best_val_loss, 'bpb': r.best_val_bpb})
@@ -139,6 +168,28 @@ def isoflop_optima(points: pd.DataFrame) -> pd.DataFrame:
                          'n_active_opt': active.n_opt, 'loss_opt': total.loss_opt,
                          'interior': total.interior and active.interior, 'parabola_total': total,
                          'parabola_active': active})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/13_scaling.ipynb #eb66b438
+def bootstrap_optima(points: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per curve (budget, sparsity, granularity): 95% percentile intervals of N*_total, N*_active and L* over `n_boot`
+    replicates resampling the seeds, then the sizes, with replacement; and the share of replicates that were convex."""
+    rng, rows = np.random.default_rng(seed), []
+    for key, curve in points.groupby(CURVE):
+        loss = curve.pivot_table(index='variant', columns='seed', values='loss')
+        sizes = curve.groupby('variant')[['n_total', 'n_active']].first().loc[loss.index]
+        if len(loss) < 3: continue
+        vertices = []
+        for _ in range(n_boot):
+            y = loss.iloc[:, rng.integers(0, loss.shape[1], loss.shape[1])].mean(axis=1).to_numpy()
+            pick = rng.integers(0, len(loss), len(loss))
+            while len(set(pick)) < 3: pick = rng.integers(0, len(loss), len(loss))
+            total, active = (fit_isoflop_parabola(sizes[c].to_numpy()[pick], y[pick]) for c in ('n_total', 'n_active'))
+            if total.convex and active.convex: vertices.append((total.n_opt, active.n_opt, total.loss_opt))
+        v = np.array(vertices).reshape(-1, 3)
+        ci = np.percentile(v, [2.5, 97.5], axis=0) if len(v) else np.full((2, 3), np.nan)
+        rows.append({**dict(zip(CURVE, key)), 'n_total_ci95': ci[:, 0].tolist(), 'n_active_ci95': ci[:, 1].tolist(),
+                     'loss_ci95': ci[:, 2].tolist(), 'convex': len(v) / n_boot, 'n_boot': n_boot})
     return pd.DataFrame(rows)
 
 # %% ../nbs/13_scaling.ipynb #146c00b4
@@ -168,11 +219,27 @@ def bracket_plan(study: Study, runs: pd.DataFrame) -> list[str]:
     return plan
 
 # %% ../nbs/13_scaling.ipynb #45ac53aa
-def fit_study_law(points: pd.DataFrame) -> LawFit:
-    "Eq. 6 fitted to the mean loss of each variant, the sparsest variants held out."
-    mean = points.groupby('variant')[['n_total', 'tokens', 'sparsity', 'loss']].mean()
+def _sizes(points: pd.DataFrame) -> pd.DataFrame:
+    "One row per size (variant): its budget, sparsity, N_total, tokens and mean loss over seeds."
+    return points.groupby('variant')[['budget_flops', 'sparsity', 'n_total', 'tokens', 'loss']].mean()
+
+def fit_study_law(points: pd.DataFrame, fitter: str = 'least_squares') -> LawFit:
+    "Eq. 6 fitted to the mean loss over seeds of each size, the largest budget's sizes held out."
+    mean = _sizes(points)
     return fit_sparsity_law(mean.n_total, mean.tokens, mean.sparsity, mean.loss,
-                            holdout=mean.sparsity == mean.sparsity.max())
+                            holdout=mean.budget_flops == mean.budget_flops.max(), fitter=fitter)
+
+def predict_optima(law: LawFit, points: pd.DataFrame, budget: float) -> pd.DataFrame:
+    """What `law` says each sparsity's IsoFLOP curve at `budget` bottoms out at: along the curve's own trade of size for
+    tokens (ln D linear in ln N_total through its trained sizes), the minimum of the law over N_total from half the
+    smallest size to twice the largest: per sparsity, the predicted N*_total and L*."""
+    rows, mean = [], _sizes(points)
+    for S, c in mean[mean.budget_flops == budget].groupby('sparsity'):
+        slope, icpt = np.polyfit(np.log(c.n_total), np.log(c.tokens), 1)
+        n = np.geomspace(c.n_total.min() / 2, c.n_total.max() * 2, 4001)
+        loss = law(n, np.exp(icpt + slope * np.log(n)), np.full_like(n, S))
+        rows.append({'budget_flops': budget, 'sparsity': S, 'n_total_opt': float(n[np.argmin(loss)]), 'loss_opt': float(loss.min())})
+    return pd.DataFrame(rows)
 
 def _trend(values: list[float]) -> str:
     "'rises', 'falls' or 'does not move monotonically' for a sequence in order."
@@ -209,19 +276,40 @@ def _against_dense(o: pd.DataFrame) -> list[str]:
     return out
 
 # %% ../nbs/13_scaling.ipynb #90497896
-def isoflop_results(runs: pd.DataFrame, study: Study, configs: dict) -> dict:
-    "The IsoFLOP part of results.json: points, optima, the eq.-6 fit (or why it was not fitted) and the findings."
+def _records(df: pd.DataFrame) -> list[dict]: return df.astype({'seed': str}).to_dict('records') if 'seed' in df else df.to_dict('records')
+
+def isoflop_results(runs: pd.DataFrame, study: Study, configs: dict, n_boot: int = 2000) -> dict:
+    """The IsoFLOP part of results.json: points; optima with bootstrapped intervals; eq. 6 fitted to all budgets but
+    the largest by each fitter (the best objective in effect), and its prediction of the largest budget's optima
+    against the measured ones; the findings in words."""
     points = isoflop_points(runs, study, configs)
     if points.empty: return {}
     optima = isoflop_optima(points)
-    try: law = fit_study_law(points)
-    except ValueError as e: law = str(e)
-    return {'points': points.to_dict('records'),
-            'optima': optima.drop(columns=['parabola_total', 'parabola_active']).astype({'seed': str}).to_dict('records'),
-            'law': law if isinstance(law, str) else {'params': law.params, 'in_sample_rmse': law.in_sample_rmse,
-                                                      'held_out_rmse': law.held_out_rmse, 'n_fit': law.n_fit,
-                                                      'n_held_out': law.n_held_out, 'held_out': 'the highest sparsity'},
-            'findings': isoflop_findings(optima)}
+    mean = optima[optima.seed == 'mean'].drop(columns=['parabola_total', 'parabola_active'])
+    mean = mean.merge(bootstrap_optima(points, n_boot), on=CURVE, how='left')
+    out = {'points': points.to_dict('records'), 'optima': _records(mean),
+           'optima_per_seed': _records(optima[optima.seed != 'mean'].drop(columns=['parabola_total', 'parabola_active'])),
+           'interval': f"optima: 95% percentile intervals over {n_boot} bootstrap replicates resampling seeds, then sizes",
+           'budgets': sorted(points.budget_flops.unique().tolist()),
+           'reserve_trained': sorted(points.variant[points.reserve].unique().tolist()), 'findings': isoflop_findings(optima)}
+    try: fits = {f: fit_study_law(points, f) for f in FITTERS}
+    except ValueError as e: return {**out, 'law': str(e)}
+    law = min(fits.values(), key=lambda f: f.objective)
+    held = max(out['budgets'])
+    predicted = predict_optima(law, points, held).merge(mean[mean.granularity == 1], on=['budget_flops', 'sparsity'],
+                                                        suffixes=('_predicted', '_measured'))
+    prediction = [{'sparsity': r.sparsity, 'loss_opt_predicted': r.loss_opt_predicted, 'loss_opt_measured': r.loss_opt_measured,
+                   'loss_ci95': r.loss_ci95, 'error': r.loss_opt_predicted / r.loss_opt_measured - 1,
+                   'inside_ci95': bool(r.loss_ci95[0] <= r.loss_opt_predicted <= r.loss_ci95[1]),
+                   'n_total_opt_predicted': r.n_total_opt_predicted, 'n_total_opt_measured': r.n_total_opt_measured}
+                  for r in predicted.itertuples()]
+    out['law'] = {'params': law.params, 'fitter': law.fitter, 'in_sample_rmse': law.in_sample_rmse,
+                  'held_out_rmse': law.held_out_rmse, 'n_fit': law.n_fit, 'n_held_out': law.n_held_out,
+                  'held_out': f"every size at the largest budget, {held:.3g} FLOPs", 'prediction': prediction,
+                  'optimum_error_rms': float(np.sqrt(np.mean([p['error'] ** 2 for p in prediction]))) if prediction else None}
+    out['law_fitters'] = {f: {'objective': x.objective, 'in_sample_rmse': x.in_sample_rmse, 'held_out_rmse': x.held_out_rmse,
+                              'seconds': x.seconds, 'params': x.params} for f, x in fits.items()}
+    return out
 
 # %% ../nbs/13_scaling.ipynb #cf93e52c
 import matplotlib.pyplot as plt

@@ -49,11 +49,15 @@ def test_params_json_gives_the_axes_and_budget_of_an_isoflop_study():
     for r in rows:
         assert all(r[f] is not None for f in fields if not (f == 'granularity' and r['ffn'] == 'dense')), r
         assert abs(r['train_flops'] / r['budget_flops'] - 1) <= 0.02, r['variant']
-    assert sorted({r['sparsity'] for r in rows}) == [0.0, 0.5, 0.75, 0.875]
-    assert sorted({r['budget_flops'] for r in rows}) == [1e12, 2e12]
-    for budget in (1e12, 2e12):     # four distinct sizes per curve, from the solver
-        for s in (0.0, 0.5, 0.75, 0.875):
-            assert len({r['d_model'] for r in rows if r['budget_flops'] == budget and r['sparsity'] == s}) == 4
+    assert sorted({r['sparsity'] for r in rows}) == [0.0, 0.5, 0.875]
+    budgets = sorted({r['budget_flops'] for r in rows})
+    assert len(budgets) >= 4 and budgets[-1] / budgets[0] >= 8          # at least four budgets spanning 8x (#26)
+    for budget in budgets:          # five distinct declared sizes per curve, and a reserve size beyond each end
+        for s in (0.0, 0.5, 0.875):
+            curve = [r for r in rows if r['budget_flops'] == budget and r['sparsity'] == s]
+            assert len({r['d_model'] for r in curve if not r['reserve']}) == 5, (budget, s)
+            widths = sorted(r['d_model'] for r in curve)
+            assert [r['reserve'] for r in sorted(curve, key=lambda r: r['d_model'])] == [True] + [False] * 5 + [True], widths
 
 
 def test_params_table_is_readable():
