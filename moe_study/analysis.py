@@ -13,18 +13,19 @@ from scipy import stats
 from .config import upgrade_identity
 from .studies import Study, get_preset
 from .params import count_params, variant_config
-from .fileio import config_drift, flatten
+from .fileio import config_drift, flatten, project_root
 from .trainer import SEQUENCE_FILES, read_metrics
 from .identity import runs_root
 from .environment import describe_path, kernel_path
 
 # %% auto #0
-__all__ = ['AUDIT_FIELDS', 'AUDIT_COLUMNS', 'BASE_COLOURS', 'ROUTING_IDS', 'RATE_SERIES', 'load_runs', 'load_metrics',
-           'load_configs', 't_975', 'mean_std_ci', 'fmt', 'sign_count', 'confirmation', 'load_sequences',
-           'multi_bootstrap', 'variant_results', 'paired_gaps', 'val_curves', 'gap_curves', 'routing_curves',
-           'throughput', 'rate_table', 'rate_findings', 'learning_rate_check', 'tuning_check', 'environment_check',
-           'fairness_audit', 'UnfairComparison', 'require_fair', 'study_results', 'palette', 'plot_loss_curves',
-           'plot_gap_curves', 'plot_routing', 'plot_rate_curve']
+__all__ = ['COMPUTE_OPTIMAL', 'AUDIT_FIELDS', 'AUDIT_COLUMNS', 'BASE_COLOURS', 'ROUTING_IDS', 'RATE_SERIES', 'load_runs',
+           'load_metrics', 'load_configs', 't_975', 'mean_std_ci', 'fmt', 'sign_count', 'confirmation',
+           'load_sequences', 'multi_bootstrap', 'variant_results', 'paired_gaps', 'val_curves', 'gap_curves',
+           'routing_curves', 'throughput', 'rate_table', 'reference_budget', 'previous_design', 'rate_findings',
+           'learning_rate_check', 'tuning_check', 'environment_check', 'fairness_audit', 'UnfairComparison',
+           'require_fair', 'study_results', 'palette', 'plot_loss_curves', 'plot_gap_curves', 'plot_routing',
+           'plot_rate_curve']
 
 # %% ../nbs/10_analysis.ipynb #ec9ec126
 def load_runs(study: str, root: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
@@ -185,10 +186,35 @@ def rate_table(runs: pd.DataFrame, study: Study, configs: dict) -> pd.DataFrame:
         epochs = c.get('epochs')
         data = 'fresh' if study.variant(v).fresh_data else 'reused' if epochs and epochs > 1 + 1e-9 else 'once'
         rows.append({'variant': v, 'activation_rate': count_params(variant_config(study, v)).activation_rate,
+                     'lr': c['identity']['train']['lr'],
                      'data': data, 'epochs': epochs, 'tokens': c['identity']['steps'] * c['tokens_per_step'],
                      'train_flops': c.get('train_flops'), 'seeds': len(r['seeds']),
                      **{f"{k}_{s}": r[k][s] for k in ('loss', 'bpb') for s in ('mean', 'std')}})
     return pd.DataFrame(rows).set_index('variant')
+
+COMPUTE_OPTIMAL = (20, "Hoffmann et al. 2022 (Chinchilla): about 20 training tokens per parameter is compute-optimal")
+
+def reference_budget(study: Study, configs: dict) -> dict | None:
+    """Where an equal-resources study's dense reference sits against the compute-optimal ratio: its non-embedding
+    parameters, training tokens and tokens per parameter (from its runs), None without a run of it."""
+    ref = next((v.name for v in study.variants if v.activation_rate is None and v.match is None
+                and not variant_config(study, v.name).is_moe), None)
+    c = next((c for (name, _), c in configs.items() if name == ref), None)
+    if c is None: return None
+    n, tokens = count_params(variant_config(study, ref)).total_nonembedding, c['identity']['steps'] * c['tokens_per_step']
+    return {'variant': ref, 'params_nonembedding': n, 'tokens': tokens, 'tokens_per_param': tokens / n,
+            'compute_optimal_tokens_per_param': COMPUTE_OPTIMAL[0], 'source': COMPUTE_OPTIMAL[1]}
+
+def previous_design(study: Study) -> dict | None:
+    """The study's previous design and its answer, from the record its `previous_design` names: the design in words,
+    its gaps (mean, 95% t-interval, seeds) and its IsoFLOP law's errors."""
+    if not study.previous_design: return None
+    record = json.loads((project_root() / study.previous_design).read_text())
+    r = record['results']
+    law = (r.get('isoflop') or {}).get('law')
+    return {'path': study.previous_design, 'design': record['design'],
+            'gaps': {n: {k: g[k] for k in ('mean', 'std', 'ci95', 'n')} for n, g in r.get('gaps', {}).items()},
+            'law': {k: law[k] for k in ('in_sample_rmse', 'held_out_rmse', 'held_out')} if isinstance(law, dict) else None}
 
 def _verdict(g: dict, below: str, above: str) -> str:
     "In words, where the gap's 95% t-interval lies: below zero, above zero, or across it."
@@ -393,6 +419,8 @@ def study_results(study: Study | str, root: Path | None = None, failed: list[dic
                           'gaps': {g.name: study.published_gap(g) for g in study.comparisons
                                    if study.published_gap(g) is not None}},
             'activation_rates': rate_table(runs, study, load_configs(runs)).reset_index().to_dict('records') if rates else [],
+            'reference': reference_budget(study, load_configs(runs)) if rates else None,
+            'previous_design': previous_design(study),
             'isoflop': isoflop, 'tuning': tuning, 'fair': bool(audit.ok.all()), 'audit': audit.to_dict('records'),
             'incomplete': incomplete, 'failed': failed or []}
 

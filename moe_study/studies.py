@@ -175,6 +175,8 @@ class Study:
     match_multiple: int = 8                 # the solver's sizes are multiples of this
     exact_pairing: bool = False             # runs must share one kernel path (chapter 07c): a mix is refused, not flagged
     tuning: Tuning | None = None            # how each arm gets its learning rate (None: every arm at train.lr)
+    previous_design: str = ''               # a record of this study's previous design and its answer (a path from the
+                                            # project root: {'design': words, 'results': its results.json}), set beside
     base: str | None = None                 # the preset a user's overrides were applied to
     overrides: dict = field(default_factory=dict)   # those overrides, as 'section.field': value
 
@@ -199,7 +201,7 @@ class Study:
             c.need(isinstance(v, tuple) and all(map(valid_seed, v)) and len(set(v)) == len(v), s,
                    f"must be a tuple of distinct integers from 0 to {MAX_SEED}")
         c.need(len(self.seeds) > 0, 'seeds', "must name at least one seed")
-        c.each('design_search published_findings question', lambda v: isinstance(v, str), "must be text")
+        c.each('design_search published_findings question previous_design', lambda v: isinstance(v, str), "must be text")
         c.need(set(self.published) <= set(names), 'published', "may only name declared variants")
         for v in self.variants:
             if v.granularity > 1 and not self.model.replace(**v.overrides).is_moe:
@@ -449,7 +451,8 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
                                   "learning rate was tuned on seed 0 (four rates from 8.4e-3 to 4e-2; each fresh-data "
                                   "twin takes its partner's). Seeds 1, 2 and 3 played no part in either choice. The "
                                   "previous design (a reference at 4.3 tokens per parameter, every arm at 5e-3) is "
-                                  "kept beside this one in the report."),
+                                  "kept beside this one in the report.",
+                    previous_design='nbs/experiments/previous_designs/equal_cpu.json'),
     equal_resources('equal_gpu', "strictly equal resources on one GPU at the seed study's scale: TinyStories, a dense "
                     "8-layer width-256 reference (28M parameters), MoEs at four activation rates, 2,500 dense steps",
                     ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=4040, context_len=512),
@@ -465,7 +468,8 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
                                 "alone, before any run of the study trained; the widths centre on N* ∝ C^0.5 through the "
                                 "previous design's optima. The learning rates: six anchors (per sparsity, width 12 at "
                                 "1e11 and width 24 at 4e11) tuned on seed 2, a law through them for the rest. Seeds 0 "
-                                "and 1 played no part in either choice."),
+                                "and 1 played no part in either choice.",
+                  previous_design='nbs/experiments/previous_designs/isoflop_cpu.json'),
     isoflop_sweep('isoflop_gpu', "IsoFLOP sweeps on one GPU at the seed study's scale: TinyStories, 8 layers, "
                   "4 budgets from 1e16 to 8e16 FLOPs × 3 sparsities × 5 widths, two seeds, learning rates by a fitted law",
                   ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=1024, context_len=512, ffn='moe',
