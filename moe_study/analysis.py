@@ -23,9 +23,9 @@ __all__ = ['COMPUTE_OPTIMAL', 'AUDIT_FIELDS', 'AUDIT_COLUMNS', 'BASE_COLOURS', '
            'load_metrics', 'load_configs', 't_975', 'mean_std_ci', 'fmt', 'sign_count', 'confirmation',
            'load_sequences', 'multi_bootstrap', 'variant_results', 'paired_gaps', 'val_curves', 'gap_curves',
            'routing_curves', 'throughput', 'rate_table', 'reference_budget', 'previous_design', 'rate_findings',
-           'learning_rate_check', 'tuning_check', 'environment_check', 'fairness_audit', 'UnfairComparison',
-           'require_fair', 'study_results', 'palette', 'plot_loss_curves', 'plot_gap_curves', 'plot_routing',
-           'plot_rate_curve']
+           'against_previous', 'learning_rate_check', 'tuning_check', 'environment_check', 'fairness_audit',
+           'UnfairComparison', 'require_fair', 'study_results', 'palette', 'plot_loss_curves', 'plot_gap_curves',
+           'plot_routing', 'plot_rate_curve']
 
 # %% ../nbs/10_analysis.ipynb #ec9ec126
 def load_runs(study: str, root: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
@@ -246,6 +246,19 @@ def rate_findings(table: pd.DataFrame, gaps: dict, study: Study) -> list[str]:
                                                                           "is above zero: repetition cost loss") + ".")
     return out
 
+def _side_of_zero(g: dict) -> str:
+    if g['n'] < 2: return 'one seed'
+    return 'below zero' if g['ci95'][1] < 0 else 'above zero' if g['ci95'][0] > 0 else 'not resolved'
+
+def against_previous(previous: dict | None, gaps: dict) -> list[dict]:
+    """Each gap both designs measured (by name): its mean and 95% t-interval then and now, and whether its verdict (the
+    interval below zero, above it, or across it) survived the redesign."""
+    if not previous: return []
+    return [{'gap': n, 'previous': then['mean'], 'previous_ci95': then['ci95'], 'previous_verdict': _side_of_zero(then),
+             'now': now['mean'], 'now_ci95': now['ci95'], 'now_verdict': _side_of_zero(now),
+             'survived': _side_of_zero(then) == _side_of_zero(now)}
+            for n, then in previous['gaps'].items() if (now := gaps.get(n)) is not None]
+
 # %% ../nbs/10_analysis.ipynb #07e82d38
 def _keeps(field: str):
     "Applies to the runs of variants whose declaration does not change the model field `field`."
@@ -399,6 +412,7 @@ def study_results(study: Study | str, root: Path | None = None, failed: list[dic
         rows = load_tuning_runs(study.name, root) if tuning_rows is None else tuning_rows
         tuning = tuning_results(study, rows, runs) if len(rows) else None
     sequences = load_sequences(runs) if len(runs) else {}
+    gaps = paired_gaps(runs, study, sequences) if len(runs) else {}
     rates = any(v.activation_rate for v in study.variants) and len(runs)
     isoflop = {}
     if any(v.budget == 'fixed_flops' for v in study.variants) and len(runs):
@@ -413,14 +427,14 @@ def study_results(study: Study | str, root: Path | None = None, failed: list[dic
             'bootstrap': 'paired multi-bootstrap over seeds and validation sequences at the best evaluation '
                          '(2,000 replicates): 95% percentile interval; se, the replicates\' std (a standard error)',
             'variants': variant_results(runs, study.variant_names) if len(runs) else {},
-            'gaps': paired_gaps(runs, study, sequences) if len(runs) else {},
+            'gaps': gaps,
             'published': {'source': study.published_source,
                           'variants': {v: {'mean': m, 'std': s} for v, (m, s) in study.published.items()},
                           'gaps': {g.name: study.published_gap(g) for g in study.comparisons
                                    if study.published_gap(g) is not None}},
             'activation_rates': rate_table(runs, study, load_configs(runs)).reset_index().to_dict('records') if rates else [],
             'reference': reference_budget(study, load_configs(runs)) if rates else None,
-            'previous_design': previous_design(study),
+            'previous_design': {**prev, 'against': against_previous(prev, gaps)} if (prev := previous_design(study)) else None,
             'isoflop': isoflop, 'tuning': tuning, 'fair': bool(audit.ok.all()), 'audit': audit.to_dict('records'),
             'incomplete': incomplete, 'failed': failed or []}
 

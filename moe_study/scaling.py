@@ -5,16 +5,17 @@
 # %% ../nbs/13_scaling.ipynb #8640a2a4
 from __future__ import annotations
 import itertools, time
+from collections import Counter
 from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares, minimize
 from scipy.special import huber
 
 # %% auto #0
-__all__ = ['LAW_PARAMS', 'LOG_FITTED', 'EXPONENT_STARTS', 'HUBER_DELTA', 'FITTERS', 'CURVE', 'Parabola', 'fit_isoflop_parabola',
-           'sparsity_law', 'LawFit', 'fit_sparsity_law', 'isoflop_points', 'isoflop_optima', 'bootstrap_optima',
-           'bracket_plan', 'fit_study_law', 'predict_optima', 'isoflop_findings', 'isoflop_results',
-           'plot_isoflop_curves', 'plot_optima', 'plot_law_fit']
+__all__ = ['LAW_PARAMS', 'LOG_FITTED', 'EXPONENT_STARTS', 'HUBER_DELTA', 'FITTERS', 'CURVE', 'QUANTITIES', 'Parabola',
+           'fit_isoflop_parabola', 'sparsity_law', 'LawFit', 'fit_sparsity_law', 'isoflop_points', 'isoflop_optima',
+           'bootstrap_optima', 'bracket_plan', 'fit_study_law', 'predict_optima', 'isoflop_findings', 'isoflop_results',
+           'isoflop_headline', 'plot_isoflop_curves', 'plot_optima', 'plot_law_fit']
 
 # %% ../nbs/13_scaling.ipynb #31442227
 @dataclass(frozen=True)
@@ -310,6 +311,54 @@ def isoflop_results(runs: pd.DataFrame, study: Study, configs: dict, n_boot: int
     out['law_fitters'] = {f: {'objective': x.objective, 'in_sample_rmse': x.in_sample_rmse, 'held_out_rmse': x.held_out_rmse,
                               'seconds': x.seconds, 'params': x.params} for f, x in fits.items()}
     return out
+
+# %% ../nbs/13_scaling.ipynb #b856a1b7
+QUANTITIES = (('loss_opt', 'loss_ci95', 'the best loss L*', '{:.4f}'), ('n_total_opt', 'n_total_ci95', 'the best total size N*_total', '{:,.0f}'),
+              ('n_active_opt', 'n_active_ci95', 'the best active size N*_active', '{:,.0f}'))
+
+def isoflop_headline(block: dict, previous: dict | None = None) -> list[str]:
+    "Sentences, the answer first, from results.json's IsoFLOP block (and the previous design's record, when given)."
+    o = pd.DataFrame(block['optima'])
+    o = o[o.granularity == 1].sort_values(['budget_flops', 'sparsity'])
+    if o.empty: return []
+    lo_s, hi_s, out = o.sparsity.min(), o.sparsity.max(), []
+    fmt_ci = lambda f, x, ci: f"{f.format(x)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+    for col, ci, words, f in QUANTITIES:
+        moves, resolved = Counter(), Counter()
+        for budget, b in o.groupby('budget_flops'):
+            a, z = b.iloc[0], b.iloc[-1]
+            if a.sparsity != lo_s or z.sparsity != hi_s or pd.isna(a[col]) or pd.isna(z[col]): continue
+            way = 'falls' if z[col] < a[col] else 'rises'
+            moves[way] += 1
+            resolved[way] += bool(max(a[ci][0], z[ci][0]) > min(a[ci][1], z[ci][1]))
+        if not moves: continue
+        top = o[o.budget_flops == o.budget_flops.max()]
+        ends = top[top.sparsity.isin([lo_s, hi_s])]
+        out.append(f"As S rises from {lo_s:g} to {hi_s:g} at equal training FLOPs, {words} " + '; '.join(
+            f"{way} at {n} of {sum(moves.values())} budgets ({resolved[way]} resolved)" for way, n in moves.most_common())
+            + f"; at the largest budget, {' → '.join(fmt_ci(f, r[col], r[ci]) for _, r in ends.iterrows() if not pd.isna(r[col]))}.")
+    law = block.get('law')
+    if isinstance(law, dict) and law.get('prediction'):
+        pred = law['prediction']
+        out.append(f"Eq. 6, fitted to the {law['n_fit']} sizes of the smaller budgets ({law['fitter']}), predicts the best loss "
+                   f"of each sparsity at the held-out budget ({law['held_out']}) within {law['optimum_error_rms']:.2%} (rms over "
+                   f"sparsities; " + ', '.join(f"S = {p['sparsity']:g}: {p['error']:+.2%}" for p in pred) + f"); "
+                   f"{sum(p['inside_ci95'] for p in pred)} of {len(pred)} predictions lie inside the measured optimum's 95% "
+                   f"interval. Over all {law['n_held_out']} held-out sizes its error is {law['held_out_rmse']:.2%} (rms).")
+    elif isinstance(law, str): out.append(f"Eq. 6 was not fitted: {law}.")
+    outside = o[~o.interior.astype(bool)]
+    out.append((f"Bracketing trained {len(block.get('reserve_trained', []))} reserve size(s) ({', '.join(block['reserve_trained'])}) where a "
+                "curve's optimum lay beyond its declared sizes; " if block.get('reserve_trained') else
+                "No curve's optimum lay beyond its declared sizes, so no reserve size was trained; ") +
+               (f"{len(outside)} optimum(s) still lie outside the sizes trained (" + ', '.join(
+                   f"S = {r.sparsity:g} at {r.budget_flops:.3g}" for r in outside.itertuples()) + "): extrapolations."
+                if len(outside) else "every optimum lies inside the sizes trained."))
+    if previous and previous.get('law'):
+        p = previous['law']
+        out.append(f"The previous design's law missed by {p['in_sample_rmse']:.1%} in sample and {p['held_out_rmse']:.1%} on "
+                   f"its held-out points ({p['held_out']}); this one by {law['in_sample_rmse']:.2%} in sample."
+                   if isinstance(law, dict) else '')
+    return [x for x in out if x]
 
 # %% ../nbs/13_scaling.ipynb #cf93e52c
 import matplotlib.pyplot as plt
