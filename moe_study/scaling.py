@@ -411,14 +411,19 @@ def plot_optima(optima: pd.DataFrame):
     return fig
 
 def plot_law_fit(points: pd.DataFrame, law: LawFit):
-    mean = points.groupby('variant')[['n_total', 'tokens', 'sparsity', 'loss']].mean()
-    pred, held = law(mean.n_total, mean.tokens, mean.sparsity), mean.sparsity == mean.sparsity.max()
-    fig, a = plt.subplots(figsize=(5, 4.5))
-    a.scatter(mean.loss[~held], pred[~held], s=18, label='fitted')
-    a.scatter(mean.loss[held], pred[held], s=30, marker='s', facecolors='none', edgecolors='r', label='held out (sparsest)')
+    "Eq. 6's prediction against the measured mean loss of every size: fitted (dots) and the held-out largest budget (squares), a colour per S."
+    mean = _sizes(points)
+    pred, held = law(mean.n_total, mean.tokens, mean.sparsity), mean.budget_flops == mean.budget_flops.max()
+    colours = dict(zip(sorted(mean.sparsity.unique()), sns.color_palette('viridis', mean.sparsity.nunique())))
+    fig, a = plt.subplots(figsize=(5.5, 4.8))
+    for S, c in colours.items():
+        at = mean.sparsity == S
+        a.scatter(mean.loss[at & ~held], pred[at & ~held], s=16, color=c, label=f"S = {S:g}, fitted")
+        a.scatter(mean.loss[at & held], pred[at & held], s=40, marker='s', facecolors='none', edgecolors=c,
+                  label=f"S = {S:g}, held out ({mean.budget_flops.max():.3g} FLOPs)")
     lo, hi = mean.loss.min(), mean.loss.max()
     a.plot([lo, hi], [lo, hi], color='grey', lw=0.8)
-    a.set(xlabel='measured best validation loss', ylabel='eq. 6 prediction')
-    a.legend(fontsize=8)
+    a.set(xlabel='measured best validation loss (mean over seeds)', ylabel='eq. 6 prediction')
+    a.legend(fontsize=7)
     fig.tight_layout()
     return fig
