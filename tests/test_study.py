@@ -195,8 +195,12 @@ def test_an_equal_resources_study_end_to_end(tmp_path):
     assert [r['variant'] for r in results['activation_rates']] == study.variant_names
     assert set(results['gaps']) == {g.name for g in study.comparisons}
     assert (report / 'activation_rate.png').exists()
+    ref = results['reference']            # where the dense reference sits against Chinchilla's ~20 tokens per parameter
+    assert ref['variant'] == 'dense' and ref['tokens'] == 12 * 8 * 64 and ref['compute_optimal_tokens_per_param'] == 20
+    assert [r['lr'] for r in results['activation_rates']] == [study.train.lr] * len(study.variant_names)
     html = (report / 'index.html').read_text()
-    assert 'Loss against activation rate' in html and 'What the paper found' in html and 'unique data' in html
+    assert html.index('What we found') < html.index('against its activation rate') < html.index('Fairness audit')   # answer first
+    assert 'per non-embedding parameter' in html and 'What the paper found' in html and 'unique data' in html
 
 
 def test_an_isoflop_study_end_to_end(tmp_path):
@@ -209,7 +213,7 @@ def test_an_isoflop_study_end_to_end(tmp_path):
                           get_preset('smoke').data, TrainConfig(batch_size=8, warmup_steps=3, eval_every=40, log_every=10,
                                                                 checkpoint_every=100, sample_tokens=8, threads=1,
                                                                 compile=False),   # eager: 18 shapes
-                          (1e10, 2e10), ((4, 2), (8, 2)), (2, 4, 8), match_multiple=4)
+                          (1e10, 2e10, 4e10), ((4, 2),), widths=((16, 24, 32),) * 3, match_multiple=4)
     render_in_process(study, tmp_path, seeds=(0,))
     for v in study.variants:
         c = json.loads((tmp_path / 'runs' / 'smoke_iso' / v.name / 'seed0' / 'config.json').read_text())
@@ -218,8 +222,15 @@ def test_an_isoflop_study_end_to_end(tmp_path):
     report = tmp_path / 'report' / 'smoke_iso'
     assert (report / 'isoflop_curves.png').exists() and (report / 'isoflop_optima.png').exists()
     assert (report / 'isoflop_law.png').exists()
+    iso = json.loads((report / 'results.json').read_text())['isoflop']
+    assert iso['budgets'] == [1e10, 2e10, 4e10] and len(iso['optima']) == 3 * 2
+    assert all(len(o['loss_ci95']) == 2 for o in iso['optima'])                  # bootstrapped intervals
+    law = iso['law']                      # fitted on the two smaller budgets, asked for the largest's optima
+    assert (law['n_fit'], law['n_held_out']) == (12, 6) and [p['sparsity'] for p in law['prediction']] == [0.0, 0.5]
+    assert set(iso['law_fitters']) == {'lbfgs', 'least_squares'}
     html = (report / 'index.html').read_text()
-    assert 'IsoFLOP curves' in html and 'The law (eq. 6)' in html and 'What the paper found' in html
+    assert html.index('What we found') < html.index('Every run spends its own budget') < html.index('Fairness audit')   # answer first
+    assert 'predicts the best loss' in html and 'The law (eq. 6)' in html and 'What the paper found' in html
     assert 'held out' in html and 'N*_active' in html
 
 
