@@ -402,8 +402,10 @@ EQUAL_CPU_DATA = CPU_DATA.replace(train_docs=40_000)     # the sparsest MoE's fr
 EQUAL_CPU_TRAIN = TrainConfig(batch_size=32, max_steps=600, lr=2.378e-2, warmup_steps=60, eval_every=100, log_every=20,
                               checkpoint_every=100, threads=1, unique_tokens=600 * 32 * 128)
                                     # 2.46M tokens: 20.1 per non-embedding parameter of the dense reference (Chinchilla's ~20)
-EQUAL_CPU_TUNING = Tuning(CPU_LRS[1:], seeds=(0,), shared_arm=False,
-                          inherit={f"moe_r{round(100 * r):02d}_fresh": f"moe_r{round(100 * r):02d}" for r in EQUAL_CPU_RATES})
+EQUAL_CPU_TUNING = Tuning(CPU_LRS[1:], seeds=(0,), shared_arm=False,     # chosen by `study --preset equal_cpu --tune`;
+                          inherit={f"moe_r{round(100 * r):02d}_fresh": f"moe_r{round(100 * r):02d}" for r in EQUAL_CPU_RATES},
+                          chosen={'dense': 0.03464, 'moe_r17': 0.01395, 'moe_r32': 0.01605, 'moe_r58': 0.01743})
+                                                    # the record: report/equal_cpu/tuning.json
 
 SEED_STUDY_MODEL = ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=688, context_len=512,
                                ffn='moe', n_experts=4, top_k=2, d_expert=688)
