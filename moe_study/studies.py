@@ -17,9 +17,9 @@ __all__ = ['MATCH_RESIZE', 'BUDGETS', 'TUNING_RULES', 'LAW_TERMS', 'EQUAL_RESOUR
            'CPU_DESIGN_SEARCH', 'ABLATIONS', 'ISOFLOP_CPU_MODEL', 'ISOFLOP_CPU_TRAIN', 'ISOFLOP_CPU_BUDGETS',
            'ISOFLOP_EXPERTS', 'ISOFLOP_CPU_WIDTHS', 'ISOFLOP_CPU_TUNING', 'EQUAL_CPU_MODEL', 'EQUAL_CPU_RATES',
            'EQUAL_CPU_DATA', 'EQUAL_CPU_TRAIN', 'EQUAL_CPU_TUNING', 'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN',
-           'ISOFLOP_GPU_WIDTHS', 'ISOFLOP_GPU_TUNING', 'STORIES_GPU_DATA', 'STUDIES', 'OVERRIDE_SECTIONS', 'Variant',
-           'Comparison', 'Tuning', 'check_tuning', 'Study', 'equal_resources', 'isoflop_sweep', 'dense_vs_moe',
-           'study_to_dict', 'study_from_dict', 'get_preset', 'study_with']
+           'EQUAL_GPU_TUNING', 'ISOFLOP_GPU_WIDTHS', 'ISOFLOP_GPU_TUNING', 'STORIES_GPU_DATA', 'STUDIES',
+           'OVERRIDE_SECTIONS', 'Variant', 'Comparison', 'Tuning', 'check_tuning', 'Study', 'equal_resources',
+           'isoflop_sweep', 'dense_vs_moe', 'study_to_dict', 'study_from_dict', 'get_preset', 'study_with']
 
 # %% ../nbs/00a_studies.ipynb #fc0f7955
 MATCH_RESIZE = ('ffn', 'width')
@@ -411,6 +411,9 @@ SEED_STUDY_MODEL = ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads
                                ffn='moe', n_experts=4, top_k=2, d_expert=688)
 SEED_STUDY_TRAIN = TrainConfig(batch_size=64, epochs=1.0, lr=2e-3, warmup_steps=500, eval_every=1000, log_every=50,
                                checkpoint_every=1000)
+EQUAL_GPU_TUNING = Tuning((5e-4, 1e-3, 2e-3, 4e-3), seeds=(0,), shared_arm=False,   # the sparsest fresh twin needs 456M
+                          inherit={f"moe_r{round(100 * r):02d}_fresh": f"moe_r{round(100 * r):02d}" for r in EQUAL_RATES})
+                                                    # unique tokens (a split too small for it is refused by name): why the reference is this small
 ISOFLOP_GPU_WIDTHS = ((192, 224, 256, 320, 384), (224, 256, 320, 384, 448), (256, 320, 384, 448, 512),
                       (320, 384, 448, 512, 576))     # N ≈ 128 d² (8 layers) about sqrt(C / 120): 20 tokens per parameter
 ISOFLOP_GPU_TUNING = Tuning((5e-4, 1e-3, 2e-3, 4e-3), seeds=(2,), rule='fitted', law_terms=('n_active', 'sparsity'),
@@ -456,12 +459,13 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
                                   "kept beside this one in the report.",
                     previous_design='nbs/experiments/previous_designs/equal_cpu.json'),
     equal_resources('equal_gpu', "strictly equal resources on one GPU at the seed study's scale: TinyStories, a dense "
-                    "8-layer width-256 reference (28M parameters), MoEs at four activation rates, 2,500 dense steps",
-                    ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=4040, context_len=512),
+                    "8-layer width-128 reference (7.0M non-embedding parameters) trained on 20 tokens per parameter (4,300 "
+                    "steps of 64 × 512 tokens), MoEs at four activation rates, each arm at its tuned learning rate",
+                    ModelConfig(vocab_size=4096, d_model=128, n_layers=8, n_heads=4, d_ff=2120, context_len=512),
                     DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
-                    TrainConfig(batch_size=64, max_steps=2500, lr=2e-3, warmup_steps=250, eval_every=250, log_every=50,
-                                checkpoint_every=250, unique_tokens=2500 * 64 * 512),
-                    EQUAL_RATES),
+                    TrainConfig(batch_size=64, max_steps=4300, lr=2e-3, warmup_steps=400, eval_every=300, log_every=50,
+                                checkpoint_every=300, unique_tokens=4300 * 64 * 512),
+                    EQUAL_RATES, seeds=(1, 2, 3), tuning=EQUAL_GPU_TUNING),
     isoflop_sweep('isoflop_cpu', "IsoFLOP sweeps on two CPU cores: 4 budgets from 1e11 to 8e11 FLOPs × 3 sparsities × 5 "
                   "widths (8 to 32), two seeds, learning rates by a law fitted through tuned anchors",
                   ISOFLOP_CPU_MODEL, CPU_DATA, ISOFLOP_CPU_TRAIN, ISOFLOP_CPU_BUDGETS, ISOFLOP_EXPERTS,
