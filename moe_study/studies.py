@@ -414,11 +414,11 @@ SEED_STUDY_TRAIN = TrainConfig(batch_size=64, epochs=1.0, lr=2e-3, warmup_steps=
 EQUAL_GPU_TUNING = Tuning((5e-4, 1e-3, 2e-3, 4e-3), seeds=(0,), shared_arm=False,   # the sparsest fresh twin needs 456M
                           inherit={f"moe_r{round(100 * r):02d}_fresh": f"moe_r{round(100 * r):02d}" for r in EQUAL_RATES})
                                                     # unique tokens (a split too small for it is refused by name): why the reference is this small
-ISOFLOP_GPU_WIDTHS = ((192, 224, 256, 320, 384), (224, 256, 320, 384, 448), (256, 320, 384, 448, 512),
-                      (320, 384, 448, 512, 576))     # N ≈ 128 d² (8 layers) about sqrt(C / 120): 20 tokens per parameter
+ISOFLOP_GPU_WIDTHS = ((160, 192, 224, 256, 288), (192, 224, 256, 320, 384), (224, 256, 320, 384, 448),
+                      (256, 320, 384, 448, 512))     # N ≈ 128 d² (8 layers) about sqrt(C / 120): 20 tokens per parameter
 ISOFLOP_GPU_TUNING = Tuning((5e-4, 1e-3, 2e-3, 4e-3), seeds=(2,), rule='fitted', law_terms=('n_active', 'sparsity'),
                             shared_arm=False, anchors=tuple(f"{c}_s{s:02d}_d{d}" for s in (0, 50, 88)
-                                                            for c, d in (('c1', 192), ('c3', 448))))
+                                                            for c, d in (('c1', 160), ('c3', 384))))
 STORIES_GPU_DATA = DataConfig(train_docs=2_000_000, val_docs=10_000, n_characters=500, tokenizer_docs=200_000)
 
 STUDIES: dict[str, Study] = {p.name: p for p in (
@@ -477,13 +477,13 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
                                 "and 1 played no part in either choice.",
                   previous_design='nbs/experiments/previous_designs/isoflop_cpu.json'),
     isoflop_sweep('isoflop_gpu', "IsoFLOP sweeps on one GPU at the seed study's scale: TinyStories, 8 layers, "
-                  "4 budgets from 1e16 to 8e16 FLOPs × 3 sparsities × 5 widths, two seeds, learning rates by a fitted law",
+                  "4 budgets from 4e15 to 3.2e16 FLOPs × 3 sparsities × 5 widths, two seeds, learning rates by a fitted law",
                   ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=4, d_ff=1024, context_len=512, ffn='moe',
                               n_experts=8, top_k=2, d_expert=512),
                   DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
                   TrainConfig(batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, log_every=50,
                               checkpoint_every=500),
-                  (1e16, 2e16, 4e16, 8e16), ISOFLOP_EXPERTS, widths=ISOFLOP_GPU_WIDTHS, reserve=1, seeds=(0, 1),
+                  (4e15, 8e15, 1.6e16, 3.2e16), ISOFLOP_EXPERTS, widths=ISOFLOP_GPU_WIDTHS, reserve=1, seeds=(0, 1),
                   tuning=ISOFLOP_GPU_TUNING, match_multiple=8),
     dense_vs_moe('tinystories', "the seed study's regime: TinyStories, one GPU, ~20M parameters stored",
                  SEED_STUDY_MODEL, DataConfig(source='tinystories', train_docs=None, val_docs=None, tokenizer_docs=200_000),
