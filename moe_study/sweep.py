@@ -213,8 +213,7 @@ def _bracket(study: Study, seeds, root: Path, execute_all) -> list[RunOutcome]:
 def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, progress: bool = True,
           execute=execute_run, jobs: int | None = None, running=None, tune: bool = False) -> list[RunOutcome]:
     """Run every variant × seed of `study` (default: all it declares but its reserve sizes, each with its own seeds or
-    else the study's)
-    that is not complete, `jobs` at a time (None: `default_jobs`): one run of each variant first (each shape then
+    else the study's) that is not complete, `jobs` at a time (None: `default_jobs`): one run of each variant first (each shape then
     compiles once, not once per parallel run), then the costliest first (training FLOPs, else FLOPs per token) so
     the last to finish are the short ones; a failure is recorded and the sweep goes on. Everything is checked before any run starts:
     the variants, the seeds (a repeated one runs once), the corpus, and each finished run's identity.
