@@ -15,11 +15,12 @@ __all__ = ['MATCH_RESIZE', 'BUDGETS', 'TUNING_RULES', 'LAW_TERMS', 'EQUAL_RESOUR
            'EQUAL_MOE', 'EQUAL_RATES', 'ISOFLOP', 'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY', 'SEED_STUDY_SOURCE',
            'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN', 'CPU_LRS', 'CPU_TUNING',
            'CPU_DESIGN_SEARCH', 'ABLATIONS', 'ISOFLOP_CPU_MODEL', 'ISOFLOP_CPU_TRAIN', 'ISOFLOP_CPU_BUDGETS',
-           'ISOFLOP_EXPERTS', 'ISOFLOP_CPU_WIDTHS', 'ISOFLOP_CPU_TUNING', 'EQUAL_CPU_MODEL', 'EQUAL_CPU_RATES',
-           'EQUAL_CPU_DATA', 'EQUAL_CPU_TRAIN', 'EQUAL_CPU_TUNING', 'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN',
-           'EQUAL_GPU_TUNING', 'ISOFLOP_GPU_WIDTHS', 'ISOFLOP_GPU_TUNING', 'STORIES_GPU_DATA', 'STUDIES',
-           'OVERRIDE_SECTIONS', 'Variant', 'Comparison', 'Tuning', 'check_tuning', 'Study', 'equal_resources',
-           'isoflop_sweep', 'dense_vs_moe', 'study_to_dict', 'study_from_dict', 'get_preset', 'study_with']
+           'ISOFLOP_EXPERTS', 'ISOFLOP_CPU_WIDTHS', 'ISOFLOP_CPU_LR', 'ISOFLOP_CPU_TUNING', 'EQUAL_CPU_MODEL',
+           'EQUAL_CPU_RATES', 'EQUAL_CPU_DATA', 'EQUAL_CPU_TRAIN', 'EQUAL_CPU_TUNING', 'SEED_STUDY_MODEL',
+           'SEED_STUDY_TRAIN', 'EQUAL_GPU_TUNING', 'ISOFLOP_GPU_WIDTHS', 'ISOFLOP_GPU_TUNING', 'STORIES_GPU_DATA',
+           'STUDIES', 'OVERRIDE_SECTIONS', 'Variant', 'Comparison', 'Tuning', 'check_tuning', 'Study',
+           'equal_resources', 'isoflop_sweep', 'dense_vs_moe', 'study_to_dict', 'study_from_dict', 'get_preset',
+           'study_with']
 
 # %% ../nbs/00a_studies.ipynb #fc0f7955
 MATCH_RESIZE = ('ffn', 'width')
@@ -389,8 +390,16 @@ ISOFLOP_CPU_BUDGETS = (1e11, 2e11, 4e11, 8e11)      # doubling: 8 times from end
 ISOFLOP_EXPERTS = ((4, 2), (16, 2))                 # S = 0.5 and 0.875, beside the dense model (S = 0)
 ISOFLOP_CPU_WIDTHS = ((8, 12, 16, 20, 24), (12, 16, 20, 24, 28), (12, 16, 20, 24, 28), (16, 20, 24, 28, 32))
                                                     # about the compute-optimal width at each budget (N* ∝ C^0.5), ± 2 steps
+ISOFLOP_CPU_LR = {                                  # the law's rate per sparsity (in %) and width, as `study --tune` chose
+    0: {4: 0.08215, 8: 0.0471, 12: 0.03396, 16: 0.02691, 20: 0.02246, 24: 0.01938, 28: 0.0171, 32: 0.01535, 36: 0.01395},
+    50: {4: 0.1289, 8: 0.07478, 12: 0.05413, 16: 0.04298, 20: 0.03592, 24: 0.03102, 28: 0.02739, 32: 0.02459, 36: 0.02236},
+    88: {4: 0.1398, 8: 0.0835, 12: 0.0611, 16: 0.0488, 20: 0.04093, 24: 0.03542, 28: 0.03133, 32: 0.02817, 36: 0.02563},
+}                                                   # it (the record: report/isoflop_cpu/tuning.json)
 ISOFLOP_CPU_TUNING = Tuning(CPU_LRS[1:], seeds=(2,), rule='fitted', law_terms=('n_active', 'sparsity'), shared_arm=False,
-                            anchors=tuple(f"{c}_s{s:02d}_d{d}" for s in (0, 50, 88) for c, d in (('c1', 12), ('c3', 24))))
+                            anchors=tuple(f"{c}_s{s:02d}_d{d}" for s in (0, 50, 88) for c, d in (('c1', 12), ('c3', 24))),
+                            chosen={f"c{i + 1}_s{s:02d}_d{d}": lr for i, ws in enumerate(ISOFLOP_CPU_WIDTHS)
+                                    for s, by_width in ISOFLOP_CPU_LR.items() for d, lr in by_width.items()
+                                    if d in {*ws, *sum(_reserve_widths(ws, 1), [])}})
                                                     # per sparsity, a small model at the smallest budget and a large one
                                                     # at the third: log lr* = a_S + b log N_active through them
 
