@@ -49,7 +49,8 @@ def sparsity_law(p, N, D, S) -> np.ndarray:
     "Abnar et al.'s eq. 6: a/N^α + b/D^β + c/(1−S)^λ + d/((1−S)^δ N^γ) + e, with p in LAW_PARAMS order."
     a, alpha, b, beta, c, lam, d, delta, gamma, e = p
     N, D, dense = np.asarray(N, float), np.asarray(D, float), 1 - np.asarray(S, float)
-    return a / N ** alpha + b / D ** beta + c / dense ** lam + d / (dense ** delta * N ** gamma) + e
+    with np.errstate(over='ignore'):        # a fitter's wild trial step: an infinite prediction, refused by the fit
+        return a / N ** alpha + b / D ** beta + c / dense ** lam + d / (dense ** delta * N ** gamma) + e
 
 def _params(theta) -> np.ndarray:
     with np.errstate(over='ignore'):            # a wild L-BFGS trial step; its objective is then refused
@@ -174,7 +175,8 @@ def isoflop_optima(points: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/13_scaling.ipynb #eb66b438
 def bootstrap_optima(points: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per curve (budget, sparsity, granularity): 95% percentile intervals of N*_total, N*_active and L* over `n_boot`
-    replicates resampling the seeds, then the sizes, with replacement; and the share of replicates that were convex."""
+    replicates resampling the seeds, then the sizes, with replacement; and the share of replicates whose parabola had
+    its vertex inside the curve's sizes (the others, extrapolations, are left out)."""
     rng, rows = np.random.default_rng(seed), []
     for key, curve in points.groupby(CURVE):
         loss = curve.pivot_table(index='variant', columns='seed', values='loss')
@@ -186,11 +188,11 @@ def bootstrap_optima(points: pd.DataFrame, n_boot: int = 2000, seed: int = 0) ->
             pick = rng.integers(0, len(loss), len(loss))
             while len(set(pick)) < 3: pick = rng.integers(0, len(loss), len(loss))
             total, active = (fit_isoflop_parabola(sizes[c].to_numpy()[pick], y[pick]) for c in ('n_total', 'n_active'))
-            if total.convex and active.convex: vertices.append((total.n_opt, active.n_opt, total.loss_opt))
+            inside = lambda p, c: p.convex and sizes[c].min() <= p.n_opt <= sizes[c].max()
+            if inside(total, 'n_total') and inside(active, 'n_active'): vertices.append((total.n_opt, active.n_opt, total.loss_opt))
         v = np.array(vertices).reshape(-1, 3)
-        ci = np.percentile(v, [2.5, 97.5], axis=0) if len(v) else np.full((2, 3), np.nan)
-        rows.append({**dict(zip(CURVE, key)), 'n_total_ci95': ci[:, 0].tolist(), 'n_active_ci95': ci[:, 1].tolist(),
-                     'loss_ci95': ci[:, 2].tolist(), 'convex': len(v) / n_boot, 'n_boot': n_boot})
+        ci = np.percentile(v, [2.5, 97.5], axis=0).T.tolist() if len(v) else [None] * 3     # None: no replicate inside
+        rows.append({**dict(zip(CURVE, key)), 'n_total_ci95': ci[0], 'n_active_ci95': ci[1], 'loss_ci95': ci[2], 'inside': len(v) / n_boot, 'n_boot': n_boot})
     return pd.DataFrame(rows)
 
 # %% ../nbs/13_scaling.ipynb #146c00b4
@@ -224,7 +226,7 @@ def _sizes(points: pd.DataFrame) -> pd.DataFrame:
     "One row per size (variant): its budget, sparsity, N_total, tokens and mean loss over seeds."
     return points.groupby('variant')[['budget_flops', 'sparsity', 'n_total', 'tokens', 'loss']].mean()
 
-def fit_study_law(points: pd.DataFrame, fitter: str = 'least_squares') -> LawFit:
+def fit_study_law(points: pd.DataFrame, fitter: str = 'lbfgs') -> LawFit:
     "Eq. 6 fitted to the mean loss over seeds of each size, the largest budget's sizes held out."
     mean = _sizes(points)
     return fit_sparsity_law(mean.n_total, mean.tokens, mean.sparsity, mean.loss,
@@ -279,9 +281,9 @@ def _against_dense(o: pd.DataFrame) -> list[str]:
 # %% ../nbs/13_scaling.ipynb #90497896
 def _records(df: pd.DataFrame) -> list[dict]: return df.astype({'seed': str}).to_dict('records') if 'seed' in df else df.to_dict('records')
 
-def isoflop_results(runs: pd.DataFrame, study: Study, configs: dict, n_boot: int = 2000) -> dict:
+def isoflop_results(runs: pd.DataFrame, study: Study, configs: dict, n_boot: int = 2000, fitters=('lbfgs',)) -> dict:
     """The IsoFLOP part of results.json: points; optima with bootstrapped intervals; eq. 6 fitted to all budgets but
-    the largest by each fitter (the best objective in effect), and its prediction of the largest budget's optima
+    the largest by each of `fitters` (the lowest objective in effect), and its prediction of the largest budget's optima
     against the measured ones; the findings in words."""
     points = isoflop_points(runs, study, configs)
     if points.empty: return {}
@@ -293,7 +295,7 @@ def isoflop_results(runs: pd.DataFrame, study: Study, configs: dict, n_boot: int
            'interval': f"optima: 95% percentile intervals over {n_boot} bootstrap replicates resampling seeds, then sizes",
            'budgets': sorted(points.budget_flops.unique().tolist()),
            'reserve_trained': sorted(points.variant[points.reserve].unique().tolist()), 'findings': isoflop_findings(optima)}
-    try: fits = {f: fit_study_law(points, f) for f in FITTERS}
+    try: fits = {f: fit_study_law(points, f) for f in fitters}
     except ValueError as e: return {**out, 'law': str(e)}
     law = min(fits.values(), key=lambda f: f.objective)
     held = max(out['budgets'])
@@ -301,7 +303,7 @@ def isoflop_results(runs: pd.DataFrame, study: Study, configs: dict, n_boot: int
                                                         suffixes=('_predicted', '_measured'))
     prediction = [{'sparsity': r.sparsity, 'loss_opt_predicted': r.loss_opt_predicted, 'loss_opt_measured': r.loss_opt_measured,
                    'loss_ci95': r.loss_ci95, 'error': r.loss_opt_predicted / r.loss_opt_measured - 1,
-                   'inside_ci95': bool(r.loss_ci95[0] <= r.loss_opt_predicted <= r.loss_ci95[1]),
+                   'inside_ci95': bool(r.loss_ci95 and r.loss_ci95[0] <= r.loss_opt_predicted <= r.loss_ci95[1]),
                    'n_total_opt_predicted': r.n_total_opt_predicted, 'n_total_opt_measured': r.n_total_opt_measured}
                   for r in predicted.itertuples()]
     out['law'] = {'params': law.params, 'fitter': law.fitter, 'in_sample_rmse': law.in_sample_rmse,
@@ -322,7 +324,7 @@ def isoflop_headline(block: dict, previous: dict | None = None) -> list[str]:
     o = o[o.granularity == 1].sort_values(['budget_flops', 'sparsity'])
     if o.empty: return []
     lo_s, hi_s, out = o.sparsity.min(), o.sparsity.max(), []
-    fmt_ci = lambda f, x, ci: f"{f.format(x)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+    fmt_ci = lambda f, x, ci: f"{f.format(x)} " + (f"[{f.format(ci[0])}, {f.format(ci[1])}]" if ci else "(no interval)")
     for col, ci, words, f in QUANTITIES:
         moves, resolved = Counter(), Counter()
         for budget, b in o.groupby('budget_flops'):
@@ -330,7 +332,7 @@ def isoflop_headline(block: dict, previous: dict | None = None) -> list[str]:
             if a.sparsity != lo_s or z.sparsity != hi_s or pd.isna(a[col]) or pd.isna(z[col]): continue
             way = 'falls' if z[col] < a[col] else 'rises'
             moves[way] += 1
-            resolved[way] += bool(max(a[ci][0], z[ci][0]) > min(a[ci][1], z[ci][1]))
+            resolved[way] += bool(a[ci] and z[ci] and max(a[ci][0], z[ci][0]) > min(a[ci][1], z[ci][1]))
         if not moves: continue
         top = o[o.budget_flops == o.budget_flops.max()]
         ends = top[top.sparsity.isin([lo_s, hi_s])]

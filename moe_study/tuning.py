@@ -228,7 +228,9 @@ def tuning_findings(block: dict) -> list[str]:
 def plot_tuning(block: dict, colours: dict[str, str]):
     "The report's figure from the `tuning` block: loss against lr per variant (left); each gap, shared against tuned (right)."
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={'width_ratios': [3, 2]})
+    names = [n for n, g in block['gaps'].items() if g['shared'] or g['tuned']]
+    if names: fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={'width_ratios': [3, 2]})
+    else: fig, a = plt.subplots(figsize=(8, 4.2))         # a study without comparisons (an IsoFLOP sweep): the grids alone
     runs = pd.DataFrame(block['runs'])
     for v, d in block['variants'].items():
         c = colours.get(v, 'black')
@@ -245,7 +247,9 @@ def plot_tuning(block: dict, colours: dict[str, str]):
     ticks = sorted({lr for d in block['variants'].values() for lr in d['grid']})
     a.set_xticks(ticks, [f"{x:.3g}" for x in ticks], rotation=30); a.minorticks_off()
     a.legend(fontsize=8)
-    names = [n for n, g in block['gaps'].items() if g['shared'] or g['tuned']]
+    if not names:
+        fig.tight_layout()
+        return fig
     for side, colour in (('shared', 'grey'), ('tuned', '#30638e')):
         for i, n in enumerate(names):
             g = block['gaps'][n][side]
