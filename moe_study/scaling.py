@@ -56,31 +56,26 @@ def _params(theta) -> np.ndarray:
     with np.errstate(over='ignore'):            # a wild L-BFGS trial step; its objective is then refused
         return np.array([np.exp(t) if name in LOG_FITTED else t for name, t in zip(LAW_PARAMS, theta)])
 
-def _objective(theta, N, D, S, log_loss) -> tuple[float, np.ndarray]:
-    "The Huber loss of the log-loss residuals and its gradient in theta (coefficients as logs, then exponents)."
-    a, alpha, b, beta, c, lam, d, delta, gamma, e = _params(theta)
-    lnN, lnD, lnU = np.log(N), np.log(D), np.log(1 - S)
-    with np.errstate(all='ignore'):
-        terms = (a * np.exp(-alpha * lnN), b * np.exp(-beta * lnD), c * np.exp(-lam * lnU),
-                 d * np.exp(-delta * lnU - gamma * lnN))
-        pred = sum(terms) + e
-        r = np.log(pred) - log_loss
-    if not np.all(np.isfinite(r)): return 1e30, np.zeros_like(theta)
-    A, B, C, Dd = terms
-    dpred = np.stack([A, -A * lnN, B, -B * lnD, C, -C * lnU, Dd, -Dd * lnU, -Dd * lnN, np.full_like(A, e)])
-    weight = np.clip(r, -HUBER_DELTA, HUBER_DELTA) / pred            # huber'(r) · d ln(pred) / d pred
-    return float(huber(HUBER_DELTA, r).sum()), dpred @ weight
-
-def _residuals(theta, N, D, S, log_loss) -> tuple[np.ndarray, np.ndarray]:
-    "The log-loss residuals and their Jacobian in theta, for scipy's least_squares (overflowing trial steps: large, finite)."
+def _log_residuals(theta, N, D, S, log_loss) -> tuple[np.ndarray, np.ndarray]:
+    "The log-loss residuals ln(pred) − ln(loss) and their Jacobian in theta (coefficients as logs, then exponents)."
     a, alpha, b, beta, c, lam, d, delta, gamma, e = _params(theta)
     lnN, lnD, lnU = np.log(N), np.log(D), np.log(1 - S)
     with np.errstate(all='ignore'):
         terms = (a * np.exp(-alpha * lnN), b * np.exp(-beta * lnD), c * np.exp(-lam * lnU), d * np.exp(-delta * lnU - gamma * lnN))
         pred = sum(terms) + e
-        r = np.log(pred) - log_loss
         A, B, C, Dd = terms
         J = np.stack([A, -A * lnN, B, -B * lnD, C, -C * lnU, Dd, -Dd * lnU, -Dd * lnN, np.full_like(A, e)], 1) / pred[:, None]
+        return np.log(pred) - log_loss, J
+
+def _objective(theta, N, D, S, log_loss) -> tuple[float, np.ndarray]:
+    "The Huber loss of the log-loss residuals and its gradient in theta (a wild trial step: refused with a huge loss)."
+    r, J = _log_residuals(theta, N, D, S, log_loss)
+    if not np.all(np.isfinite(r)): return 1e30, np.zeros_like(theta)
+    return float(huber(HUBER_DELTA, r).sum()), J.T @ np.clip(r, -HUBER_DELTA, HUBER_DELTA)     # huber'(r) · dr/dθ
+
+def _residuals(theta, N, D, S, log_loss) -> tuple[np.ndarray, np.ndarray]:
+    "`_log_residuals` for scipy's least_squares, which needs them finite (overflowing trial steps: large, finite)."
+    r, J = _log_residuals(theta, N, D, S, log_loss)
     return np.nan_to_num(r, nan=1e3, posinf=1e3, neginf=-1e3), np.nan_to_num(J, nan=0.0, posinf=0.0, neginf=0.0)
 
 def _lbfgs(theta0, args) -> np.ndarray:

@@ -275,7 +275,7 @@ EQUAL_RATES = (0.17, 0.24, 0.4, 0.58)         # top-1, 3, 7 and 12 of 23 routed 
 # %% ../nbs/00a_studies.ipynb #46305da3
 ISOFLOP = ("At a fixed training budget, how do loss, the best model size and the best number of active parameters "
            "change with sparsity S = (E - k) / E? IsoFLOP curves: at each budget and sparsity, several sizes, each "
-           "trained on the tokens the budget buys; the law of eq. 6 fitted across them, tested on the sparsest points.")
+           "trained on the tokens the budget buys; the law of eq. 6 fitted on all budgets but the largest, tested on it.")
 ABNAR_ET_AL = "Abnar et al. 2025 (arXiv 2501.12370: IsoFLOP sweeps up to 1e21 FLOPs, sparsity up to 98%)"
 ABNAR_FINDINGS = ("At a fixed training budget, more sparsity with a larger total model lowered the loss; as sparsity "
                   "rose, the compute-optimal total size grew and the compute-optimal active size shrank; below a size "
