@@ -29,7 +29,7 @@ test: install
 	$(BIN)/pytest -q tests
 
 lab: install
-	$(BIN)/jupyter lab --notebook-dir nbs
+	$(BIN)/jupyter lab --notebook-dir nbs $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

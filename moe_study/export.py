@@ -71,7 +71,8 @@ def hf_state_dict(model: Decoder) -> dict:
 
 # %% ../nbs/14_export.ipynb #c6cc2df5
 def hf_tokenizer(model_file: str | Path):
-    "A transformers fast tokenizer that encodes and decodes as our SentencePiece model `model_file` does."
+    """A transformers fast tokenizer that encodes as our SentencePiece model `model_file` does, and decodes a
+    continuation with the space it begins with (SentencePiece's decoding, plus the dummy prefix's leading space)."""
     from tokenizers import Tokenizer, decoders, models, normalizers
     from transformers import PreTrainedTokenizerFast
     sp = load_tokenizer(model_file)
@@ -82,8 +83,7 @@ def hf_tokenizer(model_file: str | Path):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for *_, a, b in ranked], unk_token=sp.id_to_piece(sp.unk_id()),
                                fuse_unk=True, byte_fallback=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend('▁'), normalizers.Replace(' ', '▁')])
-    tok.decoder = decoders.Sequence([decoders.Replace('▁', ' '), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(' ', 1, 0)])
+    tok.decoder = decoders.Sequence([decoders.Replace('▁', ' '), decoders.ByteFallback(), decoders.Fuse()])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=sp.id_to_piece(sp.unk_id()),
                                    eos_token=sp.id_to_piece(EOS_ID), pad_token=sp.id_to_piece(EOS_ID),
                                    model_max_length=int(1e9), clean_up_tokenization_spaces=False)
@@ -123,7 +123,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     from transformers import GenerationConfig, LlamaForCausalLM, MixtralForCausalLM
     hf = (MixtralForCausalLM if cfg.is_moe else LlamaForCausalLM)(hf_config(cfg))
     hf.load_state_dict(hf_state_dict(model), strict=True)
-    hf.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+    hf.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
+                                            max_length=cfg.context_len)    # prompt and continuation fill the context at most
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = out_dir.parent / f".{out_dir.name}.exporting-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)

@@ -4,13 +4,13 @@
 
 # %% ../nbs/01_fileio.ipynb #424e3b95
 from __future__ import annotations
-import errno, fcntl, json, os, platform, time
+import errno, fcntl, json, math, os, platform, time
 from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['write_atomic', 'write_text_atomic', 'write_json_atomic', 'Busy', 'exclusive', 'os_error_message', 'naming', 'flatten',
-           'config_drift', 'project_root', 'cache_root']
+__all__ = ['write_atomic', 'write_text_atomic', 'strict_json', 'write_json_atomic', 'Busy', 'exclusive', 'os_error_message',
+           'naming', 'flatten', 'config_drift', 'project_root', 'cache_root']
 
 # %% ../nbs/01_fileio.ipynb #a9808712
 def write_atomic(path: Path, write) -> None:
@@ -29,9 +29,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     "`text` (UTF-8), written atomically."
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding='utf-8'))
 
+def strict_json(obj):
+    """`obj` with every NaN or infinite float replaced by None: JSON has no NaN, and strict parsers (JavaScript's
+    `JSON.parse`, `jq`) refuse Python's bare `NaN`."""
+    if isinstance(obj, float): return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict): return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return [strict_json(v) for v in obj]
+    return obj
+
 def write_json_atomic(path: Path, obj) -> None:
-    "`obj` as indented JSON, written atomically."
-    write_text_atomic(path, json.dumps(obj, indent=2))
+    "`obj` as indented, strict JSON (no NaN or Infinity: null instead), written atomically."
+    write_text_atomic(path, json.dumps(strict_json(obj), indent=2, allow_nan=False))
 
 # %% ../nbs/01_fileio.ipynb #49e7fc54
 class Busy(RuntimeError):

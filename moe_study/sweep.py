@@ -16,7 +16,7 @@ from .studies import STUDIES, Study, study_to_dict
 from .fileio import project_root
 from .analysis import AUDIT_COLUMNS, load_runs, require_fair, study_results
 from .data import load_data
-from .fileio import write_json_atomic, write_text_atomic
+from .fileio import strict_json, write_json_atomic, write_text_atomic
 from .params import flops_per_token, run_budget, variant_config
 from .device import run_threads
 from .trainer import LAUNCHER_ENV
@@ -293,7 +293,7 @@ def render_report(study: Study, runs: Path | None = None, reports: Path | None =
     runs = Path(runs or runs_root())
     out = Path(reports or report_root()) / study.name
     out.mkdir(parents=True, exist_ok=True)
-    results = json.loads(json.dumps(study_results(study, runs, failed, tuning_record(study, runs, out)), default=str))
+    results = strict_json(json.loads(json.dumps(study_results(study, runs, failed, tuning_record(study, runs, out)), default=str)))
     write_json_atomic(out / 'results.json', results)
     stamp = out / '.rendered'                       # the digest of the results index.html shows
     if not force and (out / 'index.html').exists() and stamp.exists() and stamp.read_text() == _digest(results):

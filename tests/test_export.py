@@ -22,9 +22,12 @@ LOAD_AND_GENERATE = textwrap.dedent('''
     batch = torch.load(batch_file)
     with torch.no_grad(): logits = model(batch['x']).logits
     generate = pipeline('text-generation', model=out, device='cpu')
-    text = generate('Once upon a time', max_new_tokens=20, do_sample=False, return_full_text=False)[0]['generated_text']
+    text = generate('Once upon a time', max_new_tokens=20, do_sample=False)[0]['generated_text']
+    prompt = tok('Once upon a time', return_tensors='pt')['input_ids']
+    ids = model.generate(prompt, max_new_tokens=20, do_sample=False)[0].tolist()     # what the pipeline decoded
     greedy = model.generate(batch['prompt'], max_new_tokens=batch['new'], do_sample=False, eos_token_id=None)
-    torch.save({'logits': logits, 'greedy': greedy, 'class': type(model).__name__, 'text': text,
+    torch.save({'logits': logits, 'greedy': greedy, 'class': type(model).__name__, 'text': text, 'generated_ids': ids,
+                'max_length': model.generation_config.max_length,
                 'ids': tok('Once upon a time', add_special_tokens=False)['input_ids']}, batch_file + '.out')
 ''')
 
@@ -74,7 +77,9 @@ def test_exported_run_loads_and_generates_in_a_fresh_process(work, variant, hf_c
     torch.testing.assert_close(hf['logits'], logits, rtol=0, atol=1e-5)
     assert torch.equal(hf['greedy'], greedy)
     assert hf['ids'] == data.tokenizer.encode('Once upon a time')
-    assert isinstance(hf['text'], str) and hf['text'].strip()
+    # the pipeline's text is SentencePiece's decoding of the prompt and continuation: no space lost between them
+    assert len(hf['generated_ids']) > len(hf['ids']) and hf['text'] == data.tokenizer.decode(hf['generated_ids'])
+    assert hf['max_length'] == 64                               # the smoke model's context: a length is set
 
 
 def test_export_refuses_what_mixtral_cannot_hold_and_never_overwrites(work):

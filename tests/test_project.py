@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_json_strict
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent          # the venv running the tests has nbdev's commands
 
@@ -137,3 +139,15 @@ def test_nbdev_clean_keeps_papermill_parameters_tag(project_copy):
     assert res.returncode == 0, res.stderr
     cell = json.loads(path.read_text())['cells'][0]
     assert cell['metadata'] == {'tags': ['parameters']} and cell['execution_count'] is None
+
+
+def test_committed_json_is_strict():
+    "Every JSON file the repository ships (reports' results, tuning records, previous designs) parses strictly."
+    files = [f for d in ('report', 'nbs/experiments') for f in (ROOT / d).rglob('*.json')]
+    assert any(f.name == 'results.json' for f in files)
+    for f in files: load_json_strict(f)
+
+
+def test_make_lab_runs_as_root_and_as_a_user(tmp_path):
+    out = run(['make', '-n', f'VENV={tmp_path}/venv', 'lab']).stdout
+    assert '--allow-root' in out and 'id -u' in out      # jupyter refuses root without it; a user does not need it

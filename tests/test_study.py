@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_json_strict
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,7 +35,7 @@ def test_sweep_runs_every_variant_and_seed_and_renders_the_report(first_pass):
                  'every run of the study is complete', 'the Switch load-balancing loss', 'resizing the FFN hidden size'):
         assert text in html, text
     assert 'import ' not in html.split('<body', 1)[1].split('Fairness audit')[0]      # no input cells
-    results = json.loads((report / 'results.json').read_text())
+    results = load_json_strict(report / 'results.json')
     assert set(results['variants']) == {'moe', 'dense_active', 'dense_total'}
     gap = results['gaps']['matched_active']
     assert gap['seeds'] == [0, 1] and len(gap['values']) == 2 and gap['ci95'][0] <= gap['mean'] <= gap['ci95'][1]
@@ -90,7 +92,7 @@ def test_deleting_a_summary_reruns_only_that_run_and_failures_are_reported(first
     assert 'FAILED moe seed 0' in res.stderr and 'cannot be read' in res.stderr
     assert (runs / 'dense_total' / 'seed1' / 'summary.json').exists()
     assert all(p.stat().st_mtime_ns == t for p, t in untouched.items() if p.exists())
-    results = json.loads((tmp / 'report' / 'smoke' / 'results.json').read_text())
+    results = load_json_strict(tmp / 'report' / 'smoke' / 'results.json')
     assert [(f['variant'], f['seed']) for f in results['failed']] == [('moe', 0)]
     assert [(i['variant'], i['seed']) for i in results['incomplete']] == [('moe', 0)]
     assert results['gaps']['matched_active']['seeds'] == [1]                 # only complete pairs count
@@ -136,7 +138,7 @@ def test_a_new_variant_is_one_declaration(tmp_path):
     config = json.loads((tmp_path / 'runs' / 'smoke_e8' / 'e8' / 'seed0' / 'config.json').read_text())
     assert config['identity']['model']['n_experts'] == 8 and config['rule'] == 'n_experts=8'
     report = tmp_path / 'report' / 'smoke_e8'
-    results = json.loads((report / 'results.json').read_text())
+    results = load_json_strict(report / 'results.json')
     assert list(results['variants']) == ['moe', 'e8'] and list(results['gaps']) == ['e8_vs_moe'] and results['fair']
     assert (report / 'routing_e8.png').exists() and (report / 'routing_moe.png').exists()
     html = (report / 'index.html').read_text()
@@ -152,7 +154,7 @@ def test_a_one_variant_study_renders_without_gaps(tmp_path):
                                 comparisons=(), published={})
     out = run_study(alone, seeds=[0], runs=tmp_path / 'runs', reports=tmp_path / 'report', progress=False)
     assert out.report_error is None and not out.failed, out.report_error
-    results = json.loads((tmp_path / 'report' / 'smoke_alone' / 'results.json').read_text())
+    results = load_json_strict(tmp_path / 'report' / 'smoke_alone' / 'results.json')
     assert list(results['variants']) == ['dense_active'] and results['gaps'] == {}
     html = (tmp_path / 'report' / 'smoke_alone' / 'index.html').read_text()
     assert 'declares no comparison' in html and 'nothing to show' in html
@@ -190,7 +192,7 @@ def test_an_equal_resources_study_end_to_end(tmp_path):
     assert configs['moe_r30']['identity']['budget']['unique_tokens'] == 12 * 8 * 64
     assert configs['moe_r30_fresh']['identity']['budget']['unique_tokens'] == configs['moe_r30']['identity']['steps'] * 8 * 64
     report = tmp_path / 'report' / 'smoke_equal'
-    results = json.loads((report / 'results.json').read_text())
+    results = load_json_strict(report / 'results.json')
     assert results['fair'], results['audit']
     assert [r['variant'] for r in results['activation_rates']] == study.variant_names
     assert set(results['gaps']) == {g.name for g in study.comparisons}
@@ -222,7 +224,7 @@ def test_an_isoflop_study_end_to_end(tmp_path):
     report = tmp_path / 'report' / 'smoke_iso'
     assert (report / 'isoflop_curves.png').exists() and (report / 'isoflop_optima.png').exists()
     assert (report / 'isoflop_law.png').exists()
-    iso = json.loads((report / 'results.json').read_text())['isoflop']
+    iso = load_json_strict(report / "results.json")["isoflop"]
     assert iso['budgets'] == [1e10, 2e10, 4e10] and len(iso['optima']) == 3 * 2
     assert all(len(o['loss_ci95']) == 2 for o in iso['optima'] if o['interior'])   # bootstrapped intervals
     law = iso['law']                      # fitted on the two smaller budgets, asked for the largest's optima

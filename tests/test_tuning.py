@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_json_strict
+
 from moe_study.studies import STUDIES, study_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +42,7 @@ def test_a_study_file_turns_tuning_on_with_one_field(tuned):
         config = json.loads((tmp / 'runs' / 'smoke_tuned' / v / 'seed1' / 'config.json').read_text())
         assert config['identity']['train']['lr'] == chosen[v]              # the chosen rate is in the run's identity
     report = tmp / 'report' / 'smoke_tuned'
-    results = json.loads((report / 'results.json').read_text())
+    results = load_json_strict(report / 'results.json')
     audit = {r['check']: r for r in results['audit']}
     assert results['fair'] and audit['learning rate']['ok'] and audit['tuning runs']['ok'], audit
     block = results['tuning']
@@ -71,7 +73,7 @@ def test_a_study_that_ships_its_rates_reports_the_record(tuned):
     assert '0 run(s) executed, 2 already complete' in res.stdout, res.stdout
     html = (tmp / 'report' / 'smoke_tuned' / 'index.html').read_text()
     assert 'shown is their record' in html and 'Does the answer survive tuning?' in html
-    results = json.loads((tmp / 'report' / 'smoke_tuned' / 'results.json').read_text())
+    results = load_json_strict(tmp / 'report' / 'smoke_tuned' / 'results.json')
     assert results['tuning']['declared'] == results['tuning']['in_effect'] and 'tuning runs' not in {r['check'] for r in results['audit']}
 
 
