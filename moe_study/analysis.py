@@ -19,12 +19,13 @@ from .identity import runs_root
 from .environment import describe_path, kernel_path
 
 # %% auto #0
-__all__ = ['COMPUTE_OPTIMAL', 'AUDIT_FIELDS', 'AUDIT_COLUMNS', 'BASE_COLOURS', 'ROUTING_IDS', 'RATE_SERIES', 'load_runs',
-           'load_metrics', 'load_configs', 't_975', 'mean_std_ci', 'fmt', 'sign_count', 'confirmation',
-           'load_sequences', 'multi_bootstrap', 'variant_results', 'paired_gaps', 'val_curves', 'gap_curves',
-           'routing_curves', 'throughput', 'rate_table', 'reference_budget', 'previous_design', 'rate_findings',
-           'against_previous', 'learning_rate_check', 'tuning_check', 'environment_check', 'fairness_audit',
-           'UnfairComparison', 'require_fair', 'study_results', 'palette', 'plot_loss_curves', 'plot_gap_curves',
+__all__ = ['COMPUTE_OPTIMAL', 'AUDIT_FIELDS', 'AUDIT_COLUMNS', 'DENSE_COLOURS', 'MOE_COLOURS', 'MAX_LINES', 'ROUTING_IDS',
+           'RATE_SERIES', 'load_runs', 'load_metrics', 'load_configs', 't_975', 'mean_std_ci', 'fmt', 'sign_count',
+           'confirmation', 'load_sequences', 'multi_bootstrap', 'variant_results', 'paired_gaps', 'val_curves',
+           'gap_curves', 'routing_curves', 'throughput', 'rate_table', 'reference_budget', 'previous_design',
+           'rate_findings', 'against_previous', 'learning_rate_check', 'tuning_check', 'environment_check',
+           'fairness_audit', 'UnfairComparison', 'require_fair', 'study_results', 'variant_styles', 'palette', 'sci',
+           'eng', 'eng_axis', 'legend_outside', 'plot_loss_curves', 'plot_gaps', 'gap_findings', 'plot_gap_curves',
            'plot_routing', 'plot_rate_curve']
 
 # %% ../nbs/10_analysis.ipynb #ec9ec126
@@ -440,26 +441,129 @@ def study_results(study: Study | str, root: Path | None = None, failed: list[dic
 
 # %% ../nbs/10_analysis.ipynb #69927a43
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import seaborn as sns
+from .params import variant_table
 
-BASE_COLOURS = ('#d1495b', '#00798c', '#edae49')
+DENSE_COLOURS = ('#d1495b', '#f08a4b', '#8f2d56')                      # warm: dense models, smallest first
+MOE_COLOURS = ('#00798c', '#6a4c93', '#3d5a80', '#2a9d8f', '#9d4edd', '#52b788', '#1d3557', '#b5838d')  # cool: MoEs
 
-def palette(variants: list[str]) -> dict[str, str]:
-    "A distinct colour per variant, in the order given."
-    extra = [c for c in sns.color_palette('deep', len(variants)).as_hex() if c not in BASE_COLOURS]
-    return dict(zip(variants, [*BASE_COLOURS, *extra]))
+def _take(colours: tuple, n: int, fallback: str) -> list[str]:
+    return [*colours, *sns.color_palette(fallback, max(n - len(colours), 0)).as_hex()][:n]
 
-def plot_loss_curves(metrics: pd.DataFrame, order: list[str] = ()):
+def variant_styles(study: Study, variants: list[str] | None = None) -> dict[str, dict]:
+    """A colour and a line style per variant, from its family. Dense models: warm colours, by size. MoEs: cool
+    colours, a scale by activation rate when each rate is one design (an equal-resources sweep), else a hue each.
+    A fresh-data twin takes its partner's colour (the variant at its rate that reuses the data), dashed."""
+    variants = list(variants or study.variant_names)
+    rows = {r['variant']: r for r in variant_table(study)}
+    dense = sorted((v for v in variants if rows[v]['ffn'] != 'moe'), key=lambda v: rows[v]['params_total'])
+    moe = [v for v in variants if rows[v]['ffn'] == 'moe']
+    rate = lambda v: round(rows[v]['activation_rate'], 3)
+    designs = [v for v in moe if not study.variant(v).fresh_data or not any(rate(u) == rate(v) and
+                                                                           not study.variant(u).fresh_data for u in moe)]
+    colour = dict(zip(dense, _take(DENSE_COLOURS, len(dense), 'rocket')))
+    if len(designs) > 1 and len({rate(v) for v in designs}) == len(designs):     # a sweep over rates: darker is sparser
+        colour |= dict(zip(sorted(designs, key=rate), sns.color_palette('crest_r', len(designs)).as_hex()))
+    else: colour |= dict(zip(designs, _take(MOE_COLOURS, len(designs), 'mako')))
+    for v in moe:
+        if v not in colour: colour[v] = next(colour[u] for u in designs if rate(u) == rate(v))
+    return {v: {'color': colour[v], 'ls': '--' if study.variant(v).fresh_data else '-'} for v in variants}
+
+def palette(study: Study, variants: list[str] | None = None) -> dict[str, str]:
+    "Each variant's colour (`variant_styles`)."
+    return {v: s['color'] for v, s in variant_styles(study, variants).items()}
+
+def sci(x: float) -> str:
+    "A FLOP count as papers write it: 8e11, 1.2e12, 4e15."
+    return f"{x:.3g}".replace('e+', 'e')
+
+def eng(x: float) -> str:
+    "A tick label in engineering units: 200000 -> '200k', 1.5e6 -> '1.5M', 3e9 -> '3G', 1.2e12 -> '1.2e12'."
+    if abs(x) >= 1e12: return sci(x)
+    for scale, unit in ((1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
+        if abs(x) >= scale: return f"{x / scale:.4g}{unit}"
+    return f"{x:.4g}"
+
+def eng_axis(ax, axis: str = 'x', ticks: int = 5) -> None:
+    "Label `ax`'s linear `axis` in engineering units, with at most `ticks` ticks, so that labels never run together."
+    a = ax.xaxis if axis == 'x' else ax.yaxis
+    if (ax.get_xscale() if axis == 'x' else ax.get_yscale()) == 'log':      # 1, 2, 5 per decade; no minor labels
+        a.set_major_locator(mticker.LogLocator(subs=(1, 2, 5)))
+        a.set_minor_formatter(mticker.NullFormatter())
+    else: a.set_major_locator(mticker.MaxNLocator(ticks))
+    a.set_major_formatter(mticker.FuncFormatter(lambda x, _: eng(x)))
+
+def legend_outside(ax, **kw) -> None:
+    "The axes' legend beside it, right of the plot: never dropped, never over the lines."
+    ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False, **kw)
+
+MAX_LINES = 12                                   # more lines than this in one axes are split into panels
+
+def plot_loss_curves(metrics: pd.DataFrame, styles: dict[str, dict], panels: dict[str, list[str]] | None = None):
+    """Validation loss over training tokens, each variant in its style (mean over seeds, band: min–max). One panel
+    per entry of `panels` (title: variants), else one panel, or several of at most MAX_LINES variants each."""
     v = val_curves(metrics)
     v = v[v.step > 0]
-    names = [x for x in order if x in set(v.variant)] + sorted(set(v.variant) - set(order))
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
-    for i, (d, title) in enumerate(((v, 'validation loss'), (v[v.tokens >= v.tokens.max() / 3], 'validation loss, last two thirds'))):
-        sns.lineplot(d, x='tokens', y='loss', hue='variant', hue_order=names, errorbar=('pi', 100),
-                     palette=palette(names), ax=ax[i], legend=len(names) <= 12)   # more: a legend taller than the plot
-        ax[i].set(title=f"{title} (mean over seeds, band: min–max)", ylabel='nats / token')
+    names = [x for x in styles if x in set(v.variant)]
+    if panels is None:
+        panels = {'': names} if len(names) <= MAX_LINES else {
+            f"variants {i + 1}–{min(i + MAX_LINES, len(names))}": names[i:i + MAX_LINES] for i in range(0, len(names), MAX_LINES)}
+    panels = {t: [x for x in vs if x in names] for t, vs in panels.items()}
+    panels = {t: vs for t, vs in panels.items() if vs}
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig, ax = plt.subplots(rows, cols, figsize=(4.6 * cols + 2.4, 3.4 * rows), squeeze=False, sharex=True)
+    for a, (title, vs) in zip(ax.flat, panels.items()):
+        for name in vs:
+            d = v[v.variant == name].groupby('tokens').loss.agg(['mean', 'min', 'max'])
+            a.plot(d.index, d['mean'], label=name, lw=1.3, **styles[name])
+            a.fill_between(d.index, d['min'], d['max'], color=styles[name]['color'], alpha=0.15, lw=0)
+        last = v[v.variant.isin(vs) & (v.tokens >= v.tokens.max() / 3)].loss    # the part where the variants differ
+        if len(last): a.set_ylim(last.min() - 0.02 * (last.max() - last.min()), last.max())
+        a.set(title=title, xlabel='training tokens', ylabel='validation loss (nats / token)')
+        eng_axis(a)
+        legend_outside(a)
+    for a in list(ax.flat)[len(panels):]: a.axis('off')
     fig.tight_layout()
     return fig
+
+def plot_gaps(gaps: dict, fresh_only: bool = True):
+    """Each comparison's paired gap a − b in best validation loss: the mean and its 95% t-interval over the confirmation
+    seeds (every seed when none chose the design; `fresh_only=False`: every seed), each seed a dot. Zero: no difference."""
+    if not gaps: return None
+    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(gaps) + 1.2))
+    for y, (name, g) in enumerate(reversed(list(gaps.items()))):
+        c = g['confirmation'] if fresh_only and g['confirmation'] else g
+        values = [x for s, x in zip(g['seeds'], g['values']) if s in c['seeds']]
+        lo, hi = c['ci95'] if c['n'] > 1 else (c['mean'], c['mean'])
+        colour = '#30638e' if hi < 0 or lo > 0 else '#8d99ae'                   # resolved from zero, or not
+        ax.scatter(values, [y] * len(values), color=colour, s=14, alpha=0.5, zorder=2)
+        ax.errorbar(c['mean'], y, xerr=[[c['mean'] - lo], [hi - c['mean']]], fmt='o', color=colour, capsize=4, ms=7, zorder=3)
+        ax.annotate(f"{c['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]", (1.01, y), xycoords=('axes fraction', 'data'),
+                    va='center', fontsize=8)
+    ax.axvline(0, color='grey', lw=0.8)
+    ax.set_yticks(range(len(gaps)), [f"{n}\n{g['minuend']} − {g['subtrahend']}" for n, g in reversed(list(gaps.items()))],
+                  fontsize=8)
+    ax.set(xlabel='paired gap in best validation loss (nats / token)', ylim=(-0.6, len(gaps) - 0.4))
+    fig.tight_layout()
+    return fig
+
+def gap_findings(gaps: dict) -> list[str]:
+    """One line per comparison: its gap and 95% t-interval on the confirmation seeds (the seeds that chose no part of
+    the design; all seeds when there were none), how many of them lie above zero, and the verdict in words."""
+    out = []
+    for name, g in gaps.items():
+        c = g['confirmation'] or g
+        values = [x for s, x in zip(g['seeds'], g['values']) if s in c['seeds']]
+        lo, hi = c['ci95']
+        verdict = ("one seed: unresolved" if c['n'] < 2 else g['positive'] if lo > 0 else
+                   f"the reverse of “{g['positive']}”" if hi < 0 else "not resolved from zero")
+        out.append(f"**{name}** ({g['minuend']} − {g['subtrahend']}) **{c['mean']:+.4f}**"
+                   + (f" [{lo:+.4f}, {hi:+.4f}]" if c['n'] > 1 else '')
+                   + f", {sum(x > 0 for x in values)} of {len(values)} seeds above zero"
+                   + ('' if g['confirmation'] else ' (every seed chose the design: none confirms it)') + f": {verdict}.")
+    return out
 
 def plot_gap_curves(metrics: pd.DataFrame, study: Study):
     "One panel per declared comparison: the gap over training, mean over seeds with the min–max band."
@@ -476,7 +580,8 @@ def plot_gap_curves(metrics: pd.DataFrame, study: Study):
         a.axhline(0, color='grey', lw=0.8)
         published = study.published_gap(c)
         if published is not None: a.axhline(published, color='grey', ls='--', lw=0.8, label='published (final)'); a.legend()
-        a.set(title=f"{c.name}: {c.a} − {c.b}", ylabel='nats / token')
+        a.set(title=f"{c.name}: {c.a} − {c.b}", ylabel='nats / token', xlabel='training tokens')
+        eng_axis(a)
     for a in list(ax.flat)[len(shown):]: a.axis('off')
     fig.tight_layout()
     return fig
@@ -496,9 +601,12 @@ def plot_routing(metrics: pd.DataFrame, title: str = ''):
                      legend=i == 0 and r.expert.nunique() <= 10)     # more experts than colours: no legend
         ax[0, i].axhline(1 / r.expert.nunique(), color='grey', lw=0.8)
         ax[0, i].set(title=f'layer {i}: expert load', ylim=(0, None))
+        if i == 0 and r.expert.nunique() > 10: ax[0, i].annotate(f"{r.expert.nunique()} experts, a line each", (0.02, 0.95),
+                                                                   xycoords='axes fraction', va='top', fontsize=8)
     per_layer = r.drop_duplicates(['seed', 'step', 'layer'])
     for j, k in enumerate(panels):
         sns.lineplot(per_layer, x='tokens', y=k, hue='layer', errorbar=None, ax=ax[1, j], palette='crest').set(title=k)
+    for a in ax.flat: eng_axis(a, ticks=4)
     for j in range(len(panels), cols): ax[1, j].axis('off')
     for j in range(len(layers), cols): ax[0, j].axis('off')
     if title: fig.suptitle(title, x=0.01, ha='left', fontweight='bold')

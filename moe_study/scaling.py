@@ -130,6 +130,7 @@ def fit_sparsity_law(N, D, S, loss, holdout=None, fitter: str = 'lbfgs') -> LawF
 import pandas as pd
 from .studies import Study
 from .params import count_params, variant_config
+from .analysis import eng_axis, sci
 
 def isoflop_points(runs: pd.DataFrame, study: Study, configs: dict) -> pd.DataFrame:
     "One row per complete run of a variant with a FLOPs budget: budget, S, G, N_total, N_active, tokens, FLOPs, loss."
@@ -250,12 +251,12 @@ def isoflop_findings(optima: pd.DataFrame) -> list[str]:
     for budget, o in mean.groupby('budget_flops'):
         o = o.sort_values('sparsity')
         edge = ', '.join(f"{s:g}" for s in o.sparsity[~o.interior])
-        out.append(f"At {budget:.3g} FLOPs, as S goes {' → '.join(f'{s:g}' for s in o.sparsity)}: the best loss "
+        out.append(f"At {sci(budget)} FLOPs, as S goes {' → '.join(f'{s:g}' for s in o.sparsity)}: the best loss "
                    f"{_trend(o.loss_opt.tolist())} ({' → '.join(f'{x:.4f}' for x in o.loss_opt)}), the best total size "
                    f"{_trend(o.n_total_opt.tolist())} ({' → '.join(f'{x / 1e3:.0f}k' for x in o.n_total_opt)}), and the best "
                    f"active size {_trend(o.n_active_opt.tolist())} ({' → '.join(f'{x / 1e3:.0f}k' for x in o.n_active_opt)})"
                    + (f"; the optimum at S = {edge} lies outside the sizes trained (an extrapolation)" if edge else '') + ".")
-        if (o.sparsity == 0).any(): out.append(f"At {budget:.3g} FLOPs, against the dense curve at equal total size: "
+        if (o.sparsity == 0).any(): out.append(f"At {sci(budget)} FLOPs, against the dense curve at equal total size: "
                                                + '; '.join(_against_dense(o)) + ".")
     return out
 
@@ -303,7 +304,7 @@ def isoflop_results(runs: pd.DataFrame, study: Study, configs: dict, n_boot: int
                   for r in predicted.itertuples()]
     out['law'] = {'params': law.params, 'fitter': law.fitter, 'in_sample_rmse': law.in_sample_rmse,
                   'held_out_rmse': law.held_out_rmse, 'n_fit': law.n_fit, 'n_held_out': law.n_held_out,
-                  'held_out': f"every size at the largest budget, {held:.3g} FLOPs", 'prediction': prediction,
+                  'held_out': f"every size at the largest budget, {sci(held)} FLOPs", 'prediction': prediction,
                   'optimum_error_rms': float(np.sqrt(np.mean([p['error'] ** 2 for p in prediction]))) if prediction else None}
     out['law_fitters'] = {f: {'objective': x.objective, 'in_sample_rmse': x.in_sample_rmse, 'held_out_rmse': x.held_out_rmse,
                               'seconds': x.seconds, 'params': x.params} for f, x in fits.items()}
@@ -383,7 +384,8 @@ def plot_isoflop_curves(points: pd.DataFrame, optima: pd.DataFrame):
                 a.plot(n, fit(n), color=colour, lw=1)
                 if fit.convex: a.scatter([fit.n_opt], [fit.loss_opt], marker='*', s=90, color=colour, edgecolors='k', lw=0.5)
             a.set(xscale='log', xlabel=f"{label} non-embedding parameters", ylabel='best validation loss',
-                  title=f"{budget:.3g} FLOPs")
+                  title=f"{sci(budget)} FLOPs")
+            eng_axis(a)
         ax[0, j].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -395,7 +397,7 @@ def plot_optima(optima: pd.DataFrame):
     for budget, o in mean.groupby('budget_flops'):
         o = o.sort_values('sparsity')
         for a, column in zip(ax, ('loss_opt', 'n_total_opt', 'n_active_opt')):
-            a.plot(o.sparsity, o[column], marker='o', label=f"{budget:.3g} FLOPs")
+            a.plot(o.sparsity, o[column], marker='o', label=f"{sci(budget)} FLOPs")
             a.scatter(o.sparsity[~o.interior], o[column][~o.interior], facecolors='none', edgecolors='r', s=120)
     spread = optima[(optima.seed != 'mean') & (optima.granularity == 1)]
     for a, column in zip(ax, ('loss_opt', 'n_total_opt', 'n_active_opt')):
@@ -403,6 +405,7 @@ def plot_optima(optima: pd.DataFrame):
     ax[0].set(xlabel='sparsity S', ylabel='L* (best loss at the budget)')
     ax[1].set(xlabel='sparsity S', ylabel='N*_total (non-embedding)', yscale='log')
     ax[2].set(xlabel='sparsity S', ylabel='N*_active (non-embedding)', yscale='log')
+    for a in ax[1:]: eng_axis(a, 'y')
     ax[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -417,7 +420,7 @@ def plot_law_fit(points: pd.DataFrame, law: LawFit):
         at = mean.sparsity == S
         a.scatter(mean.loss[at & ~held], pred[at & ~held], s=16, color=c, label=f"S = {S:g}, fitted")
         a.scatter(mean.loss[at & held], pred[at & held], s=40, marker='s', facecolors='none', edgecolors=c,
-                  label=f"S = {S:g}, held out ({mean.budget_flops.max():.3g} FLOPs)")
+                  label=f"S = {S:g}, held out ({sci(mean.budget_flops.max())} FLOPs)")
     lo, hi = mean.loss.min(), mean.loss.max()
     a.plot([lo, hi], [lo, hi], color='grey', lw=0.8)
     a.set(xlabel='measured best validation loss (mean over seeds)', ylabel='eq. 6 prediction')

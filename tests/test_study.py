@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_json_strict
+from conftest import load_json_strict, section_headings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,8 +32,13 @@ def test_sweep_runs_every_variant_and_seed_and_renders_the_report(first_pass):
     report = tmp / 'report' / 'smoke'
     html = (report / 'index.html').read_text()
     for text in ('Fairness audit', 'matched_active', 'matched_total', '1.5788 ± 0.0020', 'Routing', 'Samples',
-                 'every run of the study is complete', 'the Switch load-balancing loss', 'resizing the FFN hidden size'):
+                 'the Switch load-balancing loss', 'resizing the FFN hidden size'):
         assert text in html, text
+    sections = section_headings(html)           # the answer first; then the recipe; no section a study lacks
+    assert sections[:2] == ['What we found', 'The recipe'] and 'Incomplete and failed runs' not in sections, sections
+    assert 'Does the answer survive tuning?' not in sections and 'nothing to show' not in html
+    assert 'data:image/png' in html.split('What we found', 1)[1].split('The recipe', 1)[0]       # the carrying figure
+    assert '<details><summary>moe (seed 0)</summary><blockquote>' in html          # samples folded
     assert 'import ' not in html.split('<body', 1)[1].split('Fairness audit')[0]      # no input cells
     results = load_json_strict(report / 'results.json')
     assert set(results['variants']) == {'moe', 'dense_active', 'dense_total'}
@@ -157,7 +162,8 @@ def test_a_one_variant_study_renders_without_gaps(tmp_path):
     results = load_json_strict(tmp_path / 'report' / 'smoke_alone' / 'results.json')
     assert list(results['variants']) == ['dense_active'] and results['gaps'] == {}
     html = (tmp_path / 'report' / 'smoke_alone' / 'index.html').read_text()
-    assert 'declares no comparison' in html and 'nothing to show' in html
+    assert section_headings(html)[0] == 'What we found' and 'declares no comparison' in html   # its answer: the losses
+    assert 'Routing' not in section_headings(html) and 'nothing to show' not in html           # absent, not announced
 
 
 def render_in_process(study, tmp, seeds):
@@ -201,7 +207,8 @@ def test_an_equal_resources_study_end_to_end(tmp_path):
     assert ref['variant'] == 'dense' and ref['tokens'] == 12 * 8 * 64 and ref['compute_optimal_tokens_per_param'] == 20
     assert [r['lr'] for r in results['activation_rates']] == [study.train.lr] * len(study.variant_names)
     html = (report / 'index.html').read_text()
-    assert html.index('What we found') < html.index('against its activation rate') < html.index('Fairness audit')   # answer first
+    assert section_headings(html)[0] == 'What we found'                           # answer first, its figure next
+    assert html.index('What we found') < html.index('against activation rate') < html.index('Fairness audit')
     assert 'per non-embedding parameter' in html and 'What the paper found' in html and 'unique data' in html
 
 
@@ -231,7 +238,8 @@ def test_an_isoflop_study_end_to_end(tmp_path):
     assert (law['n_fit'], law['n_held_out']) == (12, 6) and [p['sparsity'] for p in law['prediction']] == [0.0, 0.5]
     assert set(iso['law_fitters']) == {'lbfgs'}
     html = (report / 'index.html').read_text()
-    assert html.index('What we found') < html.index('Every run spends its own budget') < html.index('Fairness audit')   # answer first
+    assert section_headings(html)[0] == 'What we found'                           # answer first, its figure next
+    assert html.index('What we found') < html.index('Every run spends its own budget') < html.index('Fairness audit')
     assert 'predicts the best loss' in html and 'The law (eq. 6)' in html and 'What the paper found' in html
     assert 'held out' in html and 'N*_active' in html
 
