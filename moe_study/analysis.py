@@ -71,8 +71,8 @@ def mean_std_ci(values) -> dict:
     return {'n': n, 'mean': mean, 'std': std, 'ci95': [mean - half, mean + half]}
 
 def fmt(mean: float, std: float, digits: int = 4) -> str:
-    "The seed study's format: '1.5788 ± 0.0020'."
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
+    "The seed study's format: '1.5788 ± 0.0020'; the mean alone when there is no std (one seed: NaN, or null in JSON)."
+    return f"{mean:.{digits}f}" if std is None or math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 # %% ../nbs/10_analysis.ipynb #198554d4
 def sign_count(values, sign: float) -> int:
