@@ -357,7 +357,7 @@ CPU_TRAIN = TrainConfig(batch_size=32, max_steps=800, lr=5e-3, warmup_steps=80, 
                         checkpoint_every=100, threads=1)
 
 CPU_LRS = (5e-3, 8.409e-3, 1.414e-2, 2.378e-2, 4e-2)     # 5e-3 · 2^(3k/4), k = 0..4: 8 times from end to end; 5e-3, the
-                                                        # shared arm, at the low end (README: why this grid)
+                                                        # shared arm, at the low end (docs/studies/cpu.md: why this grid)
 CPU_TUNING = Tuning(CPU_LRS, seeds=(0, 1, 2),      # chosen by `study --preset cpu --tune`; the record: report/cpu/tuning.json
                     chosen={'moe': 0.02375, 'dense_active': 0.03281, 'dense_total': 0.0285})
 
@@ -443,7 +443,7 @@ STUDIES: dict[str, Study] = {p.name: p for p in (
                  CPU_MODEL, CPU_DATA, CPU_TRAIN, seeds=(0, 1, 2, 3, 4, 5, 6, 7, 8), design_seeds=(0, 1, 2),
                  design_search=CPU_DESIGN_SEARCH, tuning=CPU_TUNING,
                  match_multiple=1,      # at width 24 a grid of 8 misses the active count by 0.8%
-                 exact_pairing=True),   # its committed numbers are promised bit for bit (README)
+                 exact_pairing=True),   # its committed numbers are promised bit for bit (docs/guide.md)
     Study('ablations_cpu', "the cpu study's MoE against its router and balancing settings",
            CPU_MODEL, CPU_DATA, CPU_TRAIN,
            (Variant('moe', "the reference: 4 experts, top-2, Switch balance loss and router z-loss"),

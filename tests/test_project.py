@@ -151,3 +151,26 @@ def test_committed_json_is_strict():
 def test_make_lab_runs_as_root_and_as_a_user(tmp_path):
     out = run(['make', '-n', f'VENV={tmp_path}/venv', 'lab']).stdout
     assert '--allow-root' in out and 'id -u' in out      # jupyter refuses root without it; a user does not need it
+
+
+def test_readme_front_page_is_short_cites_its_papers_and_its_links_resolve():
+    readme = (ROOT / 'README.md').read_text()
+    assert len(readme.split()) <= 1500, len(readme.split())
+    for arxiv in ('2605.13769', '2506.12119', '2501.12370'):
+        assert f'arXiv {arxiv}' in readme, arxiv
+    for page in [ROOT / 'README.md', *(ROOT / 'docs').rglob('*.md')]:
+        for target in re.findall(r"\]\((?!https?:|#)([^)#]+)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+
+
+def test_readme_headline_is_the_committed_reports():
+    "The front page's answers are the committed results.json's, to the digits it shows."
+    readme = (ROOT / 'README.md').read_text()
+    cpu = load_json_strict(ROOT / 'report' / 'cpu' / 'results.json')['gaps']
+    for name in ('matched_active', 'matched_total'):
+        c = cpu[name]['confirmation']
+        shown = f"{c['mean']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]".replace('-', '−')
+        assert shown in readme, shown
+    eq = load_json_strict(ROOT / 'report' / 'equal_cpu' / 'results.json')['gaps']['moe_r32_vs_dense']
+    shown = f"{eq['mean']:+.3f} [{eq['ci95'][0]:+.3f}, {eq['ci95'][1]:+.3f}]".replace('-', '−')
+    assert shown in readme, shown

@@ -1,5 +1,5 @@
 """Training end to end: papermill, the command line, kill-and-resume, and what must stop a run."""
-import json, random, signal, subprocess, sys, time
+import json, random, re, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -41,6 +41,16 @@ def test_papermill_run_writes_a_complete_run_directory(tmp_path):
     executed = json.loads((tmp_path / 'out.ipynb').read_text())
     text = json.dumps(executed['cells'])
     assert 'best val loss' in text and 'dense model: no router' in text
+    assert len(res.stdout) + len(res.stderr) < 5_000, res.stdout[-500:] + res.stderr[-500:]   # no notebook on the terminal
+
+
+def test_the_parameters_cell_names_every_preset():
+    "nbs/train.ipynb's `preset` parameter lists the presets the registry holds, no more and no fewer."
+    from moe_study.studies import STUDIES
+    cells = json.loads((ROOT / 'nbs' / 'train.ipynb').read_text())['cells']
+    params = next(''.join(c['source']) for c in cells if 'parameters' in c['metadata'].get('tags', []))
+    listed = re.search(r"preset = 'cpu' +# a preset \(([^)]*)\)", params).group(1)
+    assert listed.split(' | ') == list(STUDIES), listed
 
 
 def test_papermill_unknown_variant_lists_the_valid_ones(tmp_path):
