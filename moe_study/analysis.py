@@ -513,13 +513,14 @@ def plot_loss_curves(metrics: pd.DataFrame, styles: dict[str, dict], panels: dic
     panels = {t: vs for t, vs in panels.items() if vs}
     cols = min(len(panels), 3)
     rows = math.ceil(len(panels) / cols)
-    fig, ax = plt.subplots(rows, cols, figsize=(4.6 * cols + 2.4, 3.4 * rows), squeeze=False, sharex=True)
+    fig, ax = plt.subplots(rows, cols, figsize=(4.6 * cols + 2.4, 3.4 * rows), squeeze=False)    # panels may span other token counts
     for a, (title, vs) in zip(ax.flat, panels.items()):
         for name in vs:
             d = v[v.variant == name].groupby('tokens').loss.agg(['mean', 'min', 'max'])
             a.plot(d.index, d['mean'], label=name, lw=1.3, **styles[name])
             a.fill_between(d.index, d['min'], d['max'], color=styles[name]['color'], alpha=0.15, lw=0)
-        last = v[v.variant.isin(vs) & (v.tokens >= v.tokens.max() / 3)].loss    # the part where the variants differ
+        shown = v[v.variant.isin(vs)]
+        last = shown[shown.tokens >= shown.tokens.max() / 3].loss             # the part where the variants differ
         if len(last): a.set_ylim(last.min() - 0.02 * (last.max() - last.min()), last.max())
         a.set(title=title, xlabel='training tokens', ylabel='validation loss (nats / token)')
         eng_axis(a)
@@ -613,7 +614,7 @@ def plot_routing(metrics: pd.DataFrame, title: str = ''):
     fig.tight_layout()
     return fig
 
-RATE_SERIES = {'reused': ('the unique data, repeated', '-', '#00798c'), 'fresh': ('fresh data', '--', '#edae49')}
+RATE_SERIES = {'reused': ('the unique data, repeated', '-', MOE_COLOURS[0]), 'fresh': ('fresh data', '--', MOE_COLOURS[1])}  # twins: cool, solid and dashed
 
 def plot_rate_curve(table: pd.DataFrame, runs: pd.DataFrame):
     """Best validation loss and bits per byte against activation rate: the MoEs that reuse the unique data and their
@@ -636,8 +637,8 @@ def plot_rate_curve(table: pd.DataFrame, runs: pd.DataFrame):
                                              textcoords='offset points', xytext=(4, 6), color=colour)
         for v, r in table[table.activation_rate == 1].iterrows():
             std = 0 if pd.isna(r[f'{metric}_std']) else r[f'{metric}_std']
-            a.axhline(r[f'{metric}_mean'], color='#d1495b', lw=1.2, label=f'{v} (dense, r_a = 1)')
-            a.axhspan(r[f'{metric}_mean'] - std, r[f'{metric}_mean'] + std, color='#d1495b', alpha=0.12, lw=0)
+            a.axhline(r[f'{metric}_mean'], color=DENSE_COLOURS[0], lw=1.2, label=f'{v} (dense, r_a = 1)')
+            a.axhspan(r[f'{metric}_mean'] - std, r[f'{metric}_mean'] + std, color=DENSE_COLOURS[0], alpha=0.12, lw=0)
         a.set(xlabel='activation rate r_a = N_active / N_total (non-embedding)', ylabel=label)
     ax[0].legend(fontsize=8)
     fig.tight_layout()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_json_strict
+from conftest import load_json_strict, section_headings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent          # the venv running the tests has nbdev's commands
@@ -174,3 +174,16 @@ def test_readme_headline_is_the_committed_reports():
     eq = load_json_strict(ROOT / 'report' / 'equal_cpu' / 'results.json')['gaps']['moe_r32_vs_dense']
     shown = f"{eq['mean']:+.3f} [{eq['ci95'][0]:+.3f}, {eq['ci95'][1]:+.3f}]".replace('-', '−')
     assert shown in readme, shown
+
+
+@pytest.mark.parametrize('study', ['cpu', 'ablations_cpu', 'equal_cpu', 'isoflop_cpu'])
+def test_committed_report_leads_with_its_answer(study):
+    "Each committed page: the findings are its first section, their figure before the recipe, nothing announced empty."
+    page = (ROOT / 'report' / study / 'index.html').read_text()
+    sections = section_headings(page)
+    assert sections[0] == 'What we found' and sections.index('The recipe') > 0, sections
+    assert 'data:image/png' in page.split('What we found', 1)[1].split('The recipe', 1)[0]
+    assert 'Incomplete and failed runs' not in sections and 'nothing to show' not in page and 'declares no' not in page
+    assert '<details><summary>' in page                       # the audit's table and the samples, folded
+    text = re.sub(r'src="data:[^"]*"', '', page)               # the page's words, not its images' bytes
+    assert 'NaN' not in text.split('>The recipe<', 1)[0]
