@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
-	$(BIN)/pip install -q -e ".[dev,hf,cluster]" 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q -e ".[dev,hf,cluster,eval]" 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import torch, moe_study; print('installed moe_study', moe_study.__version__, 'with torch', torch.__version__)"
 	touch $@
 

@@ -18,7 +18,7 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 requirements = shlex.split(cfg.get('requirements', ''))
 if cfg.get('pip_requirements'): requirements += shlex.split(cfg.get('pip_requirements', ''))
 min_python = cfg['min_python']
-extras = {name: (cfg.get(f'{name}_requirements') or '').split() for name in ('dev', 'hf', 'cluster')}
+extras = {name: (cfg.get(f'{name}_requirements') or '').split() for name in ('dev', 'hf', 'cluster', 'eval', 'trackers')}
 
 setuptools.setup(
     name = cfg['lib_name'],

@@ -20,16 +20,18 @@ from .data import DataError, benchmark_data, load_data
 from .fileio import Busy, os_error_message
 from .bench import benchmark, format_benchmark
 from .checkpoint import TrainingError
-from .identity import run_dir
+from .identity import run_dir, runs_root
 from .trainer import train
 from .sweep import LAUNCHERS, Launcher, run_study
 from .tuning import choose, load_tuning_runs
+from .tracking import TRACKER_ENV, tracker_names
 
 # %% auto #0
-__all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'study_from_args', 'add_params_command', 'run_params',
-           'add_data_command', 'format_manifest', 'run_data', 'add_train_command', 'run_train', 'add_bench_command',
-           'run_bench', 'add_study_command', 'tuning_summary', 'run_study_command', 'add_export_command', 'run_export',
-           'build_parser', 'main']
+__all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'add_tracker_argument', 'study_from_args', 'add_params_command',
+           'run_params', 'add_data_command', 'format_manifest', 'run_data', 'add_train_command', 'run_train',
+           'add_bench_command', 'run_bench', 'add_study_command', 'tuning_summary', 'run_study_command',
+           'add_export_command', 'run_export', 'add_board_command', 'board_command', 'run_board', 'add_eval_command',
+           'run_eval', 'gap_lines', 'build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #9bcab05b
 def add_preset_argument(p, default: str | None = 'cpu', changes: bool = True) -> None:
@@ -55,6 +57,12 @@ def parse_overrides(pairs: list[str]) -> dict:
             try: out[key] = float(value)            # inf, nan: numbers, refused by the config as such
             except ValueError: out[key] = value
     return out
+
+def add_tracker_argument(p) -> None:
+    "`--tracker`: where the runs' live metrics go besides metrics.jsonl (chapter 08a)."
+    p.add_argument('--tracker', default=None, metavar='NAMES',
+                   help="live metrics: tensorboard (the default), wandb, trackio, several comma-separated, or none; "
+                        "sets MOE_STUDY_TRACKER for every process of the run or study")
 
 def study_from_args(args) -> Study:
     "The study the command line names: the preset, changed by --data and --set."
@@ -122,6 +130,7 @@ def add_train_command(sub) -> None:
     p.add_argument('--until', type=int, default=None, metavar='STEP',
                    help="stop after this step's checkpoint; run again to continue")
     p.add_argument('--quiet', action='store_true', help="no progress bar")
+    add_tracker_argument(p)
     p.add_argument('--lr', type=float, default=None, metavar='LR',
                    help="a tuning run at this learning rate, into runs/<study>/_tune/<variant>/lr<LR>/seed<k>/ (chapter 10a)")
     p.set_defaults(run=run_train)
@@ -174,6 +183,7 @@ def add_study_command(sub) -> None:
     p.add_argument('--jobs', type=int, default=None,
                    help="runs executed at once (default: one per `threads` cores the preset gives a run, else 1; "
                         "with --launcher slurm, all)")
+    add_tracker_argument(p)
     p.add_argument('--launcher', choices=LAUNCHERS, default='local',
                    help="where runs execute: processes of this machine (local), submitit's local executor "
                         "(submitit-local), or Slurm jobs through submitit (slurm); needs moe_study[cluster] but for local")
@@ -227,9 +237,86 @@ def run_export(args) -> int:
     print(f"{out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
 
+# %% ../nbs/12_cli.ipynb #dd67b73b
+def add_board_command(sub) -> None:
+    p = sub.add_parser('board', help="start TensorBoard on a study's runs (every variant and seed side by side)",
+                       description="Start TensorBoard on runs/<study> (or all of runs/ without --preset); Ctrl-C stops it.")
+    add_preset_argument(p, default=None)
+    p.add_argument('--runs-dir', type=Path, default=None, help="where run directories are (default: runs/)")
+    p.add_argument('--port', type=int, default=6006, help="the port TensorBoard serves on (default: 6006)")
+    p.add_argument('--print', dest='print_only', action='store_true', help="print the command instead of running it")
+    p.set_defaults(run=run_board)
+
+def board_command(args) -> list[str]:
+    "The TensorBoard command for the study (or every study) the arguments name."
+    root = Path(args.runs_dir) if args.runs_dir else runs_root()
+    logdir = root / study_from_args(args).name if args.preset else root
+    if not logdir.is_dir():
+        raise ConfigError(f"{logdir} does not exist: no run of {'this study' if args.preset else 'any study'} has started "
+                          "there; train one first, or give --runs-dir")
+    return [sys.executable, '-m', 'tensorboard.main', '--logdir', str(logdir), '--port', str(args.port)]
+
+def run_board(args) -> int:
+    import importlib.util, subprocess
+    if importlib.util.find_spec('tensorboard') is None:
+        raise ConfigError("board needs the tensorboard package: pip install tensorboard (make install installs it)")
+    cmd = board_command(args)
+    if args.print_only: print(' '.join(cmd)); return 0
+    print(f"TensorBoard on {cmd[4]}: http://localhost:{args.port}/ (Ctrl-C stops it)", flush=True)
+    return subprocess.call(cmd)
+
+# %% ../nbs/12_cli.ipynb #beb0e218
+def add_eval_command(sub) -> None:
+    p = sub.add_parser('eval', help="evaluate a study's complete runs on another corpus (--data) or a harness task (--harness)",
+                       description="Evaluate every complete run of a study on the corpus --data names, with the study's "
+                                   "tokenizer, and render its report again with the held-out gaps; or run an "
+                                   "lm-evaluation-harness task on the runs (--harness, needs moe_study[eval]).")
+    add_preset_argument(p, changes=False)
+    p.add_argument('--data', default=None, metavar='PATH', help="the corpus to evaluate on: a .txt / .jsonl / .parquet file or folder")
+    p.add_argument('--text-field', default='text', help="the text field of a .jsonl or .parquet corpus (default: text)")
+    p.add_argument('--harness', default=None, metavar='TASK', help="an lm-evaluation-harness task (moe_study_bpb: --data, scored by the harness)")
+    p.add_argument('--run', dest='one_run', type=Path, default=None, metavar='RUN_DIR', help="one run of the study instead of all")
+    p.add_argument('--runs-dir', type=Path, default=None, help="where run directories are (default: runs/)")
+    p.add_argument('--report-dir', type=Path, default=None, help="where reports go (default: report/)")
+    p.set_defaults(run=run_eval)
+
+def run_eval(args) -> int:
+    from .analysis import load_runs
+    from .heldout import evaluate_run, harness_eval, held_out
+    from .sweep import ReportRefused, render_report
+    if args.data is None and args.harness is None:
+        raise ConfigError("eval needs a corpus (--data PATH) or a harness task (--harness TASK)")
+    study = study_with(args.preset)
+    runs, _ = load_runs(study.name, args.runs_dir)
+    if args.one_run is not None:
+        runs = runs[[Path(p).resolve() == args.one_run.resolve() for p in runs.path]]
+    if not len(runs):
+        raise ConfigError(f"no complete run of study {study.name}" + (f" at {args.one_run}" if args.one_run else
+                          f" in {Path(args.runs_dir or runs_root()) / study.name}") + ": train it first")
+    if args.harness is not None:
+        for run, r in harness_eval(list(runs.path), args.harness, args.data, args.text_field).items():
+            print(f"{run}: {args.harness} " + ', '.join(f"{k} {v:.4f}" for k, v in r['metrics'].items()))
+        return 0
+    corpus = held_out(args.data, load_data(study).tokenizer, args.text_field)
+    for r in runs.itertuples():
+        x = evaluate_run(r.path, corpus)
+        print(f"{r.variant} seed {r.seed}: loss {x['loss']:.4f}, {x['bpb']:.4f} bits/byte on {x['tokens']:,} tokens of {corpus.name}")
+    try: out, _ = render_report(study, args.runs_dir, args.report_dir)
+    except ReportRefused as e:
+        print(f"REPORT FAILED: {e} (the held-out results are kept in each run's heldout/ folder)", file=sys.stderr)
+        return 1
+    for line in gap_lines(json.loads((out / 'results.json').read_text())['held_out'][corpus.name]['gaps']):
+        print(line)
+    print(f"report: {out / 'index.html'} (section: held-out corpus {corpus.name})")
+    return 0
+
+def gap_lines(gaps: dict) -> list[str]:
+    from .analysis import gap_findings
+    return [x.replace('**', '') for x in gap_findings(gaps)]
+
 # %% ../nbs/12_cli.ipynb #ad2003e1
 COMMANDS = (add_params_command, add_data_command, add_train_command, add_bench_command, add_study_command,
-            add_export_command)
+            add_export_command, add_board_command, add_eval_command)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m moe_study',
@@ -247,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     try: previous = signal.signal(signal.SIGTERM, _interrupt)     # SIGTERM stops cleanly, like Ctrl-C
     except ValueError: previous = None                            # not the main thread: leave signals alone
     try:
+        if getattr(args, 'tracker', None) is not None:          # checked, then inherited by every process of the run
+            tracker_names(args.tracker); os.environ[TRACKER_ENV] = args.tracker
         return args.run(args)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

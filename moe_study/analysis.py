@@ -415,6 +415,10 @@ def study_results(study: Study | str, root: Path | None = None, failed: list[dic
     sequences = load_sequences(runs) if len(runs) else {}
     gaps = paired_gaps(runs, study, sequences) if len(runs) else {}
     rates = any(v.activation_rate for v in study.variants) and len(runs)
+    held_out = {}
+    if len(runs):
+        from moe_study.heldout import heldout_results      # chapter 10b builds on this one
+        held_out = heldout_results(study, runs)
     isoflop = {}
     if any(v.budget == 'fixed_flops' for v in study.variants) and len(runs):
         from moe_study.scaling import isoflop_results        # chapter 13 builds on this one
@@ -429,6 +433,7 @@ def study_results(study: Study | str, root: Path | None = None, failed: list[dic
                          '(2,000 replicates): 95% percentile interval; se, the replicates\' std (a standard error)',
             'variants': variant_results(runs, study.variant_names) if len(runs) else {},
             'gaps': gaps,
+            'held_out': held_out,      # corpora the runs were evaluated on after training (chapter 10b), by name
             'published': {'source': study.published_source,
                           'variants': {v: {'mean': m, 'std': s} for v, (m, s) in study.published.items()},
                           'gaps': {g.name: study.published_gap(g) for g in study.comparisons

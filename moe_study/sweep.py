@@ -27,9 +27,10 @@ from .tuning import choose, load_tuning_runs, tuning_plan
 
 # %% auto #0
 __all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'Run', 'TUNING_RECORD', 'LAUNCHERS', 'notebook', 'write_study',
-           'study_argument', 'RunFailed', 'run_environ', 'Processes', 'execute_run', 'check_parameters', 'RunOutcome',
-           'Interrupted', 'default_jobs', 'with_tuning', 'sweep', 'report_root', 'ReportRefused', 'tuning_record',
-           'render_report', 'TrainJob', 'Jobs', 'slurm_parameters', 'Launcher', 'StudyOutcome', 'run_study']
+           'study_argument', 'RunFailed', 'run_environ', 'Processes', 'execute_run', 'check_parameters', 'run_status',
+           'LiveRuns', 'RunOutcome', 'Interrupted', 'default_jobs', 'with_tuning', 'sweep', 'report_root',
+           'ReportRefused', 'tuning_record', 'render_report', 'TrainJob', 'Jobs', 'slurm_parameters', 'Launcher',
+           'StudyOutcome', 'run_study']
 
 # %% ../nbs/11_sweep.ipynb #2960596f
 def notebook(name: str) -> Path: return project_root() / 'nbs' / name
@@ -117,6 +118,72 @@ def check_parameters(given: dict, expected: tuple[str, ...] = TRAIN_PARAMETERS, 
         raise ConfigError(f"{notebook} has no parameter {', '.join(map(repr, unknown))}; its parameters are "
                           f"{', '.join(expected)} (a misspelled one would be ignored and the run would use the default)")
 
+# %% ../nbs/11_sweep.ipynb #aa11c7d6
+def _tail(path: Path, size: int = 16384) -> list[dict]:
+    "The records in the last `size` bytes of a metrics.jsonl (the first, possibly cut, line dropped)."
+    with open(path, 'rb') as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+        lines = f.read().decode('utf-8', 'replace').splitlines()[1 if f.tell() > size else 0:]
+    out = []
+    for line in lines:
+        try: out.append(json.loads(line))
+        except ValueError: pass                          # a line being written
+    return out
+
+def run_status(path: Path) -> dict | None:
+    "A running run's step, total steps, latest training loss and seconds trained, from its directory; None before it logs."
+    try:
+        steps = json.loads((Path(path) / 'config.json').read_text())['identity']['steps']
+        train = [r for r in _tail(Path(path) / 'metrics.jsonl') if r.get('split') == 'train']
+    except (OSError, ValueError, KeyError): return None
+    if not train: return None
+    last = train[-1]
+    return {'step': last['step'], 'steps': steps, 'loss': last['loss'], 'elapsed_s': last.get('elapsed_s')}
+
+class LiveRuns:
+    """One line per running run, refreshed every `interval` seconds (default: $MOE_STUDY_REFRESH_S, else 2) by a
+    thread, under the study's own counter."""
+    def __init__(self, enabled: bool, interval: float | None = None):
+        interval = interval or float(os.environ.get('MOE_STUDY_REFRESH_S', 2.0))
+        self.enabled, self.interval, self.lock, self.runs, self._stop = enabled, interval, threading.Lock(), {}, threading.Event()
+
+    def __enter__(self):
+        if self.enabled: threading.Thread(target=self._loop, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        with self.lock:
+            for _, bar in self.runs.values():
+                if bar is not None: bar.close()
+            self.runs = {}
+
+    def start(self, label: str, path: Path) -> None:
+        if self.enabled:
+            with self.lock: self.runs[label] = (Path(path), None)       # its line appears once it has logged
+
+    def finish(self, label: str) -> None:
+        with self.lock:
+            _, bar = self.runs.pop(label, (None, None))
+            if bar is not None: bar.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval): self.refresh()
+
+    def refresh(self) -> None:
+        with self.lock:
+            for label, (path, bar) in list(self.runs.items()):
+                s = run_status(path)
+                if s is None: continue
+                if bar is None:                                 # first sight: the pace counts from here (a resume too)
+                    slot = min(set(range(1, len(self.runs) + 1)) - {b.pos for _, b in self.runs.values() if b is not None})
+                    bar = tqdm(desc=f"  {label}", total=s['steps'], initial=s['step'], unit='step', position=slot, leave=False,
+                               bar_format='{desc}: {n}/{total} steps{postfix}, {remaining} left')
+                    self.runs[label] = (path, bar)
+                bar.n = s['step']
+                bar.set_postfix_str(f"loss {s['loss']:.4f}", refresh=False)
+                bar.refresh()
+
 # %% ../nbs/11_sweep.ipynb #45f3f8e6
 @dataclass
 class RunOutcome:
@@ -162,14 +229,17 @@ def _execute_all(study: Study, todo: list[Run], root: Path, data, execute, jobs:
 
     def execute_one(run) -> RunOutcome:
         v, s, lr = run
+        label = f"{v} seed {s}{f' lr {lr:g}' if lr is not None else ''}"
+        live.start(label, paths[run])
         try:
             execute(study, v, s, root, processes, lr=lr)
             return RunOutcome(v, s, str(paths[run]), 'executed', lr=lr)
         except Exception as e:                      # keep going: the report lists what failed
             return RunOutcome(v, s, str(paths[run]), 'failed', _error_line(e), lr=lr)
+        finally: live.finish(label)
 
     with tqdm(total=len(todo), initial=len(outcomes), desc=desc, unit='run', disable=not progress) as bar, \
-         ThreadPoolExecutor(jobs or default_jobs(study)) as pool:
+         LiveRuns(progress) as live, ThreadPoolExecutor(jobs or default_jobs(study)) as pool:
         futures = [pool.submit(execute_one, run) for run in pending]
         try:
             for future in as_completed(futures):

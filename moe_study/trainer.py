@@ -18,6 +18,7 @@ from .data import TokenCache, load_data, val_batches
 from .environment import compute_environment, cpp_compiler, describe_path, environment_change, kernel_path, pin_kernels
 from .device import World, autocast, cpu_threads, peak_flops, process_group, resolve_device, run_threads
 from .fileio import exclusive, naming, write_atomic, write_json_atomic
+from .tracking import Trackers, tracker_names
 from .identity import RunSpec, describe_run, finished_summary, plan_run, resolve_run, run_dir
 from .model import Decoder, DecoderOutput
 from .params import flops_per_token
@@ -145,21 +146,26 @@ def sample_stories(model: Decoder, data: TokenCache, n_tokens: int, device, seed
 SEQUENCE_FILES = {'best': 'val_sequences_best.npz', 'final': 'val_sequences_final.npz'}
 
 class RunWriter:
-    "Everything a run writes into its directory `out`; a writer that is not `active` (a rank other than 0) writes nothing."
-    def __init__(self, out: Path, active: bool = True):
-        self.out, self.active, self.log = Path(out), active, None
+    """Everything a run writes into its directory `out`; a writer that is not `active` (a rank other than 0) writes
+    nothing. Each record also goes to the run's live `trackers` (chapter 08a), as `project` (the study) / `name`."""
+    def __init__(self, out: Path, active: bool = True, trackers: list[str] = (), project: str = '', name: str = ''):
+        self.out, self.active, self.log, self.live = Path(out), active, None, None
         self.metrics, self.checkpoint_path = self.out / 'metrics.jsonl', self.out / 'checkpoint.pt'
+        self.trackers, self.project, self.name = list(trackers), project, name or self.out.name
 
     def open(self, resumed_at: int | None) -> RunWriter:
-        "Start the metrics log: cut back to the checkpoint's step on a resume, else begin it afresh."
+        """Start the metrics log: cut back to the checkpoint's step on a resume, else begin it afresh; the trackers
+        drop what they hold from that step on, so a resumed run shows one curve."""
         if not self.active: return self
         if resumed_at is not None: truncate_metrics(self.metrics, resumed_at)
         elif self.metrics.exists(): self.metrics.unlink()
         self.log = open(self.metrics, 'a')
+        self.live = Trackers(self.trackers, self.out, self.project, self.name, resumed_at if resumed_at is not None else 0)
         return self
 
     def close(self) -> None:
         if self.log: self.log.close()
+        if self.live: self.live.close()
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
@@ -168,7 +174,9 @@ class RunWriter:
         if self.active: write_json_atomic(self.out / 'config.json', description)
 
     def record(self, rec: dict) -> None:
-        if self.active: self.log.write(json.dumps(rec) + '\n'); self.log.flush()
+        if self.active:
+            self.log.write(json.dumps(rec) + '\n'); self.log.flush()
+            if self.live: self.live.log(rec)
 
     def sequences(self, which: str, sequences: dict, step: int) -> None:
         "Per-sequence validation losses (and the step they were measured at), written atomically as .npz."
@@ -178,7 +186,9 @@ class RunWriter:
         write_atomic(self.out / SEQUENCE_FILES[which], write)
 
     def checkpoint(self, *args) -> None:
-        if self.active: save_checkpoint(self.checkpoint_path, *args)
+        if self.active:
+            save_checkpoint(self.checkpoint_path, *args)
+            if self.live: self.live.flush()
 
     def summary(self, summary: dict) -> None:
         if self.active: write_json_atomic(self.out / 'summary.json', summary)
@@ -213,6 +223,7 @@ def train(preset: Study | str, variant: str, seed: int = 0, *, data: str | None 
     learning rate, in the study's `_tune` folder (chapter 10a)."""
     pin_kernels()          # takes effect if torch has not computed yet (the CLI and nbs/train.ipynb pin before it loads)
     spec = resolve_run(preset, variant, seed, data, overrides, lr)
+    tracker_names()                                       # a tracker asked for but not installed: refused before any work
     if until is not None and not positive_int(until):
         raise ConfigError(f"until={until!r}: must be a step >= 1 (the run stops after that step's checkpoint)")
     out = Path(out_dir) if out_dir is not None else run_dir(spec.preset.name, variant, seed, lr=lr)
@@ -295,7 +306,8 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
     torch.manual_seed(spec.seed)
     model = Decoder(spec.model, spec.seed).to(device)
     optimizer = make_optimizer(model, cfg)
-    writer = RunWriter(out, active=w.main)
+    name = out.relative_to(out.parents[2 if out.parent.name.startswith('lr') else 1])   # <variant>[/lr<lr>]/seed<k>
+    writer = RunWriter(out, active=w.main, trackers=tracker_names(), project=spec.preset.name, name=str(name))
     start, best, elapsed, ckpt_step = 0, None, 0.0, None
     if writer.checkpoint_path.exists():
         start, best, elapsed = resume(writer.checkpoint_path, identity, model, optimizer, device)

@@ -32,7 +32,7 @@ def test_readme_test_command_is_what_ci_runs():
 def test_make_installs_pinned_torch_before_the_package(tmp_path):
     out = run(['make', '-n', f'VENV={tmp_path}/venv', 'install']).stdout
     torch_at = out.find('pip install -q torch==2.13.0')
-    pkg_at = out.find('pip install -q -e ".[dev,hf,cluster]"')     # tests, export, launchers
+    pkg_at = out.find('pip install -q -e ".[dev,hf,cluster,eval]"')     # tests, export, launchers, the harness
     assert 0 <= torch_at < pkg_at, out
 
 

@@ -1,5 +1,5 @@
 """The smoke-preset study end to end: sweep through papermill, report, skip, resume, failure."""
-import json, subprocess, sys
+import json, os, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def study(tmp, *extra):
     return subprocess.run([sys.executable, '-m', 'moe_study', 'study', '--preset', 'smoke', '--seeds', '0', '1',
                            '--runs-dir', str(tmp / 'runs'), '--report-dir', str(tmp / 'report'), *extra],
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'MOE_STUDY_REFRESH_S': '0.2'})
 
 
 @pytest.fixture(scope='module')
@@ -60,6 +60,59 @@ def test_rerun_executes_nothing(first_pass):
     assert res.returncode == 0, res.stderr[-2000:]
     assert '0 run(s) executed, 6 already complete' in res.stdout and 'not re-rendered' in res.stdout
     assert html.stat().st_mtime_ns == before
+
+
+def test_runs_write_tensorboard_events_and_the_study_shows_each_run_live(first_pass):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tmp, res = first_pass
+    run = tmp / 'runs' / 'smoke' / 'moe' / 'seed0'
+    acc = EventAccumulator(str(run), size_guidance={'scalars': 0}); acc.Reload()     # TensorBoard's own reader
+    tags = set(acc.Tags()['scalars'])
+    assert {'train/loss', 'train/lr', 'train/tokens_per_s', 'train/mfu', 'train/lb_loss', 'train/z_loss', 'val/loss', 'val/bpb',
+            'routing/layer0/max_vio', 'routing/layer0/entropy', 'routing/layer0/load/expert0', 'routing/layer1/load/expert3'} <= tags, tags
+    records = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()]
+    assert [(e.step, round(e.value, 5)) for e in acc.Scalars('train/loss')] == \
+           [(r['step'], round(r['loss'], 5)) for r in records if r['split'] == 'train']          # the same curve as the record
+    assert 'moe seed 0: ' in res.stderr and ' steps, loss ' in res.stderr, res.stderr[-2000:]   # each running run, live
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('localhost', 0)); return s.getsockname()[1]
+
+
+def test_board_serves_every_variant_and_seed_of_the_study(first_pass):
+    tmp, _ = first_pass
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, '-m', 'moe_study', 'board', '--preset', 'smoke', '--runs-dir', str(tmp / 'runs'),
+                             '--port', str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, names = time.time() + 90, []
+        while time.time() < deadline and len(names) < 6:
+            try: names = json.loads(urllib.request.urlopen(f'http://localhost:{port}/data/runs', timeout=5).read())
+            except OSError: time.sleep(1)
+        assert sorted(names) == [f'{v}/seed{s}' for v in ('dense_active', 'dense_total', 'moe') for s in (0, 1)], names
+    finally:
+        proc.terminate(); proc.wait(30)
+
+
+def test_eval_on_a_held_out_corpus_adds_its_paired_gaps_to_the_report(first_pass):
+    tmp, _ = first_pass
+    corpus = tmp / 'other.txt'
+    corpus.write_text('\n'.join(stories(80)))
+    res = subprocess.run([sys.executable, '-m', 'moe_study', 'eval', '--preset', 'smoke', '--data', str(corpus),
+                          '--runs-dir', str(tmp / 'runs'), '--report-dir', str(tmp / 'report')],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'moe seed 1: loss ' in res.stdout and 'matched_active (dense_active − moe)' in res.stdout, res.stdout
+    results = load_json_strict(tmp / 'report' / 'smoke' / 'results.json')
+    (name, held), = results['held_out'].items()
+    assert name.startswith('other-') and held['runs'] == 6 and held['corpus'] == str(corpus.resolve())
+    assert held['gaps']['matched_active']['seeds'] == [0, 1] and held['gaps']['matched_active']['bootstrap'] is not None
+    assert f'Held-out corpus: {name}' in section_headings((tmp / 'report' / 'smoke' / 'index.html').read_text())
+    bad = subprocess.run([sys.executable, '-m', 'moe_study', 'eval', '--preset', 'smoke', '--data', '',
+                          '--runs-dir', str(tmp / 'runs'), '--report-dir', str(tmp / 'report')], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and '--data is empty' in bad.stderr and 'Traceback' not in bad.stderr
 
 
 def test_a_study_mixing_kernel_paths_is_flagged_or_refused(first_pass, tmp_path):

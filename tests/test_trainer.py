@@ -33,8 +33,10 @@ def test_papermill_run_writes_a_complete_run_directory(tmp_path):
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     run = tmp_path / 'runs' / 'smoke' / 'dense_active' / 'seed1'
-    assert sorted(p.name for p in run.iterdir()) == ['.lock', 'checkpoint.pt', 'config.json', 'metrics.jsonl', 'summary.json',
-                                                     'val_sequences_best.npz', 'val_sequences_final.npz']
+    files = sorted(p.name for p in run.iterdir())
+    assert [f for f in files if not f.startswith('events.out.tfevents.')] == [
+        '.lock', 'checkpoint.pt', 'config.json', 'metrics.jsonl', 'summary.json', 'val_sequences_best.npz', 'val_sequences_final.npz']
+    assert len(files) == 8                                          # and its TensorBoard events
     summary = json.loads((run / 'summary.json').read_text())
     assert summary['status'] == 'complete' and summary['variant'] == 'dense_active' and summary['seed'] == 1
     assert len(summary['samples']) == 3
