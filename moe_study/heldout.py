@@ -146,8 +146,8 @@ def harness_eval(runs: list[str | Path], task: str, data: str | Path | None = No
                 res = simple_evaluate(model='hf', model_args={'pretrained': str(folder), 'dtype': 'float32'}, tasks=[task],
                                       device='cpu', batch_size=batch_size, limit=limit, task_manager=manager,
                                       log_samples=False, bootstrap_iters=0)
-            except Exception as e:
-                if 'offline' in str(e).lower() or 'connect' in str(e).lower() or 'not found' in str(e).lower():
+            except Exception as e:                   # the data set is not in the local cache, and nothing may be downloaded
+                if isinstance(e, OSError) or any(w in str(e).lower() for w in ('offline', 'connect', 'not found', "couldn't find")):
                     raise ConfigError(f"lm-evaluation-harness task {task!r} needs data that is not available offline "
                                       f"({type(e).__name__}); moe_study never downloads: put the data set in the local "
                                       f"datasets cache, or score a local corpus with --harness {LOCAL_TASK} --data PATH") from None

@@ -34,9 +34,9 @@ TRACKER_ENV = 'MOE_STUDY_TRACKER'
 class TensorBoard:
     "Event files in the run directory: `tensorboard --logdir runs/<study>` names the run <variant>/seed<k>."
     package = 'tensorboard'
-    def __init__(self, out: Path, project: str, name: str, resumed_at: int | None):
+    def __init__(self, out: Path, project: str, name: str, purge_step: int):
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(log_dir=str(out), purge_step=resumed_at, flush_secs=10)
+        self.writer = SummaryWriter(log_dir=str(out), purge_step=purge_step, flush_secs=10)
     def log(self, step: int, values: dict[str, float]) -> None:
         for tag, v in values.items(): self.writer.add_scalar(tag, v, step)
     def flush(self) -> None: self.writer.flush()
@@ -47,7 +47,7 @@ def _run_id(out: Path) -> str: return hashlib.sha256(str(Path(out).resolve()).en
 class WandB:
     "A W&B run per run directory (resumed by its id), in the project named after the study; `wandb login` first."
     package = 'wandb'
-    def __init__(self, out: Path, project: str, name: str, resumed_at: int | None):
+    def __init__(self, out: Path, project: str, name: str, purge_step: int):
         import wandb
         self.wandb, self.run = wandb, wandb.init(project=project, name=name, id=_run_id(out), resume='allow', dir=str(out))
     def log(self, step: int, values: dict[str, float]) -> None: self.run.log(values, step=step)
@@ -57,7 +57,7 @@ class WandB:
 class Trackio:
     "A trackio run (a local SQLite store, no account) per run directory, in the project named after the study."
     package = 'trackio'
-    def __init__(self, out: Path, project: str, name: str, resumed_at: int | None):
+    def __init__(self, out: Path, project: str, name: str, purge_step: int):
         import trackio
         self.trackio, self.run = trackio, trackio.init(project=project, name=name, resume='allow')
     def log(self, step: int, values: dict[str, float]) -> None: self.trackio.log(values, step=step)
@@ -87,14 +87,14 @@ def tracker_names(value: str | None = None) -> list[str]:
 
 class Trackers:
     "The trackers of one run: each record goes to all of them; one that fails warns and is dropped, the run goes on."
-    def __init__(self, names: list[str], out: Path, project: str, name: str, resumed_at: int | None):
+    def __init__(self, names: list[str], out: Path, project: str, name: str, purge_step: int = 0):
         self.open = []
         for n in names:
             if importlib.util.find_spec(TRACKERS[n].package) is None:      # only the default can get here
                 warnings.warn(f"no live metrics in TensorBoard: the {TRACKERS[n].package} package is not installed "
                               f"(pip install {TRACKERS[n].package}); metrics.jsonl is written as always", stacklevel=2)
                 continue
-            self._guard(n, lambda: self.open.append((n, TRACKERS[n](out, project, name, resumed_at))))
+            self._guard(n, lambda: self.open.append((n, TRACKERS[n](out, project, name, purge_step))))
 
     def _guard(self, name: str, call) -> None:
         try: call()

@@ -160,7 +160,7 @@ class RunWriter:
         if resumed_at is not None: truncate_metrics(self.metrics, resumed_at)
         elif self.metrics.exists(): self.metrics.unlink()
         self.log = open(self.metrics, 'a')
-        self.live = Trackers(self.trackers, self.out, self.project, self.name, resumed_at if resumed_at is not None else 0)
+        self.live = Trackers(self.trackers, self.out, self.project, self.name, 0 if resumed_at is None else resumed_at + 1)
         return self
 
     def close(self) -> None:

@@ -115,6 +115,22 @@ def test_eval_on_a_held_out_corpus_adds_its_paired_gaps_to_the_report(first_pass
     assert bad.returncode == 2 and '--data is empty' in bad.stderr and 'Traceback' not in bad.stderr
 
 
+@pytest.mark.skipif(__import__('importlib').util.find_spec('lm_eval') is None, reason="needs moe_study[eval]")
+def test_eval_harness_scores_a_local_corpus_offline_and_refuses_what_needs_a_download(first_pass):
+    tmp, _ = first_pass
+    corpus = tmp / 'harness.jsonl'
+    corpus.write_text(''.join(json.dumps({'text': t}) + '\n' for t in stories(20)))
+    run = tmp / 'runs' / 'smoke' / 'dense_active' / 'seed1'
+    cmd = [sys.executable, '-m', 'moe_study', 'eval', '--preset', 'smoke', '--runs-dir', str(tmp / 'runs'), '--run', str(run)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'TRANSFORMERS_'))}     # the command sets offline itself
+    res = subprocess.run([*cmd, '--harness', 'moe_study_bpb', '--data', str(corpus)], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f'{run}: moe_study_bpb ' in res.stdout and 'bits_per_byte ' in res.stdout, res.stdout
+    assert json.loads((run / 'heldout' / 'harness-moe_study_bpb-harness.json').read_text())['metrics']['bits_per_byte'] > 0
+    res = subprocess.run([*cmd, '--harness', 'wikitext'], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and 'needs data that is not available offline' in res.stderr and 'Traceback' not in res.stderr, res.stderr[-2000:]
+
+
 def test_a_study_mixing_kernel_paths_is_flagged_or_refused(first_pass, tmp_path):
     "Runs from two kernel paths (chapter 07c): the report warns and lists them; a study declaring exact pairing refuses."
     import dataclasses, shutil

@@ -83,6 +83,10 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, referenc
     assert read_metrics(run, timing=False) == read_metrics(uninterrupted, timing=False), f"killed at step >= {kill_at}"
     assert json.loads((run / 'summary.json').read_text())['best_val_loss'] == \
         json.loads((uninterrupted / 'summary.json').read_text())['best_val_loss']
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run), size_guidance={'scalars': 0}); acc.Reload()      # the killed and the resumed writer
+    assert [e.step for e in acc.Scalars('train/loss')] == [r['step'] for r in read_metrics(run) if r['split'] == 'train']
+    assert [e.step for e in acc.Scalars('val/loss')] == [r['step'] for r in read_metrics(run) if r['split'] == 'val']
 
 
 def test_resume_with_another_config_is_refused(tmp_path):
