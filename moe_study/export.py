@@ -7,10 +7,10 @@ from __future__ import annotations
 import importlib.util, json, os, shutil
 from pathlib import Path
 import torch
-from .config import ROUTERS, ConfigError, ModelConfig, config_from_dict, upgrade_identity
+from .config import ROUTERS, ConfigError, ModelConfig
 from .fileio import cache_root
 from .data import EOS_ID, load_tokenizer
-from .checkpoint import load_checkpoint
+from .heldout import run_model
 from .model import Decoder
 
 # %% auto #0
@@ -105,16 +105,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     if importlib.util.find_spec('transformers') is None:
         raise ConfigError("export needs transformers: pip install 'moe_study[hf]' (make install installs it)")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    ckpt = run_dir / 'checkpoint.pt'
-    if not ckpt.is_file():
-        raise ConfigError(f"{run_dir} has no checkpoint.pt: not a run directory, or a run that never reached its first "
-                          "checkpoint; point export at runs/<study>/<variant>/seed<k>")
     if out_dir.exists(): raise ConfigError(f"{out_dir} exists; export writes a new folder: name another, or delete it")
-    state = load_checkpoint(ckpt, torch.device('cpu'))
-    identity = upgrade_identity(json.loads(state['identity']))
-    cfg = config_from_dict(ModelConfig, identity['model'])
-    model = Decoder(cfg)
-    model.load_state_dict(state['model'])        # a checkpoint from before routers were parts is mapped on load
+    model, identity, step = run_model(run_dir)         # verified; a checkpoint from before routers were parts is mapped on load
+    cfg = model.cfg
     refusals = export_refusals(model)
     if refusals: raise ConfigError(f"{run_dir} cannot be exported to transformers: {'; '.join(refusals)}")
     key = json.loads((run_dir / 'config.json').read_text())['data_manifest']['key']
@@ -132,7 +125,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         hf.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
         (scratch / 'moe_study_export.json').write_text(json.dumps(
-            {'run': str(run_dir.resolve()), 'step': state['step'], 'identity': identity,
+            {'run': str(run_dir.resolve()), 'step': step, 'identity': identity,
              'dropped': export_dropped(cfg)}, indent=1))
         os.rename(scratch, out_dir)
     finally: shutil.rmtree(scratch, ignore_errors=True)

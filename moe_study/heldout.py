@@ -50,8 +50,8 @@ def held_out(path: str | Path, tokenizer, text_field: str = 'text') -> HeldOut:
 # %% ../nbs/10b_heldout.ipynb #26336ee8
 HELDOUT_DIR = 'heldout'
 
-def run_model(run: str | Path) -> tuple[Decoder, dict]:
-    "A run's final weights (its last checkpoint, verified) as a `Decoder` in eval mode, and the run's identity."
+def run_model(run: str | Path) -> tuple[Decoder, dict, int]:
+    "A run's final weights (its last checkpoint, verified) as a `Decoder` in eval mode, the run's identity and the step."
     ckpt = Path(run) / 'checkpoint.pt'
     if not ckpt.is_file():
         raise ConfigError(f"{run} has no checkpoint.pt: not a run directory, or a run that never reached its first "
@@ -60,18 +60,18 @@ def run_model(run: str | Path) -> tuple[Decoder, dict]:
     identity = upgrade_identity(json.loads(state['identity']))
     model = Decoder(config_from_dict(ModelConfig, identity['model']))
     model.load_state_dict(state['model'])
-    return model.eval(), {**identity, 'step': state['step']}
+    return model.eval(), identity, state['step']
 
 def evaluate_run(run: str | Path, corpus: HeldOut, batch_size: int = 16) -> dict:
     "Evaluate the run in `run` on `corpus`; the result is also written to <run>/heldout/<corpus.name>.json (and .npz)."
-    model, identity = run_model(run)
+    model, identity, step = run_model(run)
     seq_len = identity['train'].get('seq_len') or identity['model']['context_len']
     if len(corpus.ids) < seq_len + 1:
         raise DataError(f"{corpus.path} holds {len(corpus.ids)} tokens, fewer than one window of {seq_len + 1}: "
                         "evaluate on a larger corpus")
     r = evaluate(model, corpus, seq_len, batch_size, None, torch.device('cpu'), torch.float32)
     result = {'corpus': corpus.path, 'name': corpus.name, 'docs': corpus.docs, 'tokens': r['tokens'],
-              'bytes_per_token': corpus.bytes_per_token(), 'loss': r['loss'], 'bpb': r['bpb'], 'step': identity['step'],
+              'bytes_per_token': corpus.bytes_per_token(), 'loss': r['loss'], 'bpb': r['bpb'], 'step': step,
               'seq_len': seq_len}
     out = Path(run) / HELDOUT_DIR
     out.mkdir(exist_ok=True)
