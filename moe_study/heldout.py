@@ -118,7 +118,7 @@ def _local_task(folder: Path, docs: list[str]) -> None:
 def harness_eval(runs: list[str | Path], task: str, data: str | Path | None = None, text_field: str = 'text',
                  batch_size: int = 8, limit: int | None = None) -> dict[str, dict]:
     """Run lm-evaluation-harness's `task` on each run (exported to transformers), offline; per run its metrics, also
-    written to <run>/heldout/harness-<task>.json. `task='moe_study_bpb'` needs `data`, the corpus to score."""
+    written to <run>/heldout/harness/<task>.json (beside, not among, the corpus results `heldout_results` reads). `task='moe_study_bpb'` needs `data`, the corpus to score."""
     import importlib.util, os, shutil, tempfile
     if importlib.util.find_spec('lm_eval') is None:
         raise ConfigError("--harness needs lm-evaluation-harness: pip install 'moe_study[eval]' (make install installs it)")
@@ -154,8 +154,8 @@ def harness_eval(runs: list[str | Path], task: str, data: str | Path | None = No
                 raise
             metrics = {k.split(',')[0]: v for k, v in res['results'][task].items() if isinstance(v, (int, float))}
             out[str(run)] = {'task': task, 'metrics': metrics, 'corpus': str(data) if data else None}
-            (run / HELDOUT_DIR).mkdir(exist_ok=True)
-            write_json_atomic(run / HELDOUT_DIR / f"harness-{name}.json", out[str(run)])
+            (run / HELDOUT_DIR / 'harness').mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run / HELDOUT_DIR / 'harness' / f"{name}.json", out[str(run)])
             shutil.rmtree(folder, ignore_errors=True)
         return out
     finally: shutil.rmtree(scratch, ignore_errors=True)

@@ -126,7 +126,7 @@ def test_eval_harness_scores_a_local_corpus_offline_and_refuses_what_needs_a_dow
     res = subprocess.run([*cmd, '--harness', 'moe_study_bpb', '--data', str(corpus)], cwd=ROOT, capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f'{run}: moe_study_bpb ' in res.stdout and 'bits_per_byte ' in res.stdout, res.stdout
-    assert json.loads((run / 'heldout' / 'harness-moe_study_bpb-harness.json').read_text())['metrics']['bits_per_byte'] > 0
+    assert json.loads((run / 'heldout' / 'harness' / 'moe_study_bpb-harness.json').read_text())['metrics']['bits_per_byte'] > 0
     res = subprocess.run([*cmd, '--harness', 'wikitext'], cwd=ROOT, capture_output=True, text=True, env=env)
     assert res.returncode == 2 and 'needs data that is not available offline' in res.stderr and 'Traceback' not in res.stderr, res.stderr[-2000:]
 
