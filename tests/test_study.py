@@ -245,6 +245,23 @@ def render_in_process(study, tmp, seeds):
     render_report(study, tmp / 'runs', tmp / 'report')
 
 
+def test_declared_text_reaches_the_page_escaped(tmp_path):
+    "A shared study file's text is text on the page: no script, no element, from any field a study declares."
+    import dataclasses
+    from moe_study.studies import get_preset
+    smoke = get_preset('smoke')
+    evil = '<script>alert(1)</script><img src=x onerror=alert(2)>'
+    hostile = dataclasses.replace(
+        smoke, name='smoke_evil', description=f'desc {evil}', question=f'q {evil}', design_search=f'search {evil}',
+        design_seeds=(0,), variants=tuple(dataclasses.replace(v, description=f'{v.description} {evil}') for v in smoke.variants),
+        comparisons=tuple(dataclasses.replace(c, positive=f'{c.positive} {evil}') for c in smoke.comparisons))
+    smoke_steps = dataclasses.replace(hostile, train=hostile.train.replace(max_steps=6))
+    render_in_process(smoke_steps, tmp_path, seeds=(0, 1))
+    page = (tmp_path / 'report' / 'smoke_evil' / 'index.html').read_text()
+    assert '<script>alert' not in page and '<img src=x' not in page
+    assert page.count('&lt;script&gt;alert(1)&lt;/script&gt;') >= 5          # title, question, search, gaps, variants
+
+
 def test_an_equal_resources_study_end_to_end(tmp_path):
     "A small strictly-equal-resources study: equal compute, reuse against fresh data, the rate sweep in the report."
     from moe_study.config import ModelConfig, TrainConfig
