@@ -46,12 +46,13 @@ class Busy(RuntimeError):
     "Another process is writing to a directory; the message names it."
 
 @contextmanager
-def exclusive(folder: Path, what: str = 'this directory'):
-    "Hold the lock on `folder` (created if absent) while the block runs; `Busy` if another process holds it."
+def exclusive(folder: Path, what: str = 'this directory', wait: bool = False):
+    """Hold the lock on `folder` (created if absent) while the block runs; `Busy` if another process holds it, or,
+    with `wait`, wait for it to let go (two processes rendering one report take turns)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / '.lock', 'a+') as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try: fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or 'another process'

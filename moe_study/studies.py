@@ -11,21 +11,23 @@ from .config import (MATCH_TARGETS, MAX_SEED, RENAMED_BUDGETS, Checks, ConfigErr
                               _is_number, _upgrade_router, config_from_dict, positive_int, valid_seed)
 
 # %% auto #0
-__all__ = ['MATCH_RESIZE', 'BUDGETS', 'TUNING_RULES', 'LAW_TERMS', 'EQUAL_RESOURCES', 'LI_ET_AL', 'LI_ET_AL_FINDINGS',
-           'EQUAL_MOE', 'EQUAL_RATES', 'ISOFLOP', 'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY', 'SEED_STUDY_SOURCE',
-           'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN', 'CPU_LRS', 'CPU_TUNING',
-           'CPU_DESIGN_SEARCH', 'ABLATIONS', 'ISOFLOP_CPU_MODEL', 'ISOFLOP_CPU_TRAIN', 'ISOFLOP_CPU_BUDGETS',
-           'ISOFLOP_EXPERTS', 'ISOFLOP_CPU_WIDTHS', 'ISOFLOP_CPU_LR', 'ISOFLOP_CPU_TUNING', 'EQUAL_CPU_MODEL',
-           'EQUAL_CPU_RATES', 'EQUAL_CPU_DATA', 'EQUAL_CPU_TRAIN', 'EQUAL_CPU_TUNING', 'SEED_STUDY_MODEL',
-           'SEED_STUDY_TRAIN', 'EQUAL_GPU_TUNING', 'ISOFLOP_GPU_WIDTHS', 'ISOFLOP_GPU_TUNING', 'STORIES_GPU_DATA',
-           'STUDIES', 'OVERRIDE_SECTIONS', 'Variant', 'Comparison', 'Tuning', 'check_tuning', 'Study',
-           'equal_resources', 'isoflop_sweep', 'dense_vs_moe', 'study_to_dict', 'study_from_dict', 'get_preset',
-           'study_with']
+__all__ = ['MATCH_RESIZE', 'BUDGETS', 'NAME_RULE', 'TUNING_RULES', 'LAW_TERMS', 'EQUAL_RESOURCES', 'LI_ET_AL',
+           'LI_ET_AL_FINDINGS', 'EQUAL_MOE', 'EQUAL_RATES', 'ISOFLOP', 'ABNAR_ET_AL', 'ABNAR_FINDINGS', 'SEED_STUDY',
+           'SEED_STUDY_SOURCE', 'DENSE_VS_MOE', 'MATCHED', 'MATCHED_GAPS', 'CPU_MODEL', 'CPU_DATA', 'CPU_TRAIN',
+           'CPU_LRS', 'CPU_TUNING', 'CPU_DESIGN_SEARCH', 'ABLATIONS', 'ISOFLOP_CPU_MODEL', 'ISOFLOP_CPU_TRAIN',
+           'ISOFLOP_CPU_BUDGETS', 'ISOFLOP_EXPERTS', 'ISOFLOP_CPU_WIDTHS', 'ISOFLOP_CPU_LR', 'ISOFLOP_CPU_TUNING',
+           'EQUAL_CPU_MODEL', 'EQUAL_CPU_RATES', 'EQUAL_CPU_DATA', 'EQUAL_CPU_TRAIN', 'EQUAL_CPU_TUNING',
+           'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN', 'EQUAL_GPU_TUNING', 'ISOFLOP_GPU_WIDTHS', 'ISOFLOP_GPU_TUNING',
+           'STORIES_GPU_DATA', 'STUDIES', 'OVERRIDE_SECTIONS', 'Variant', 'Comparison', 'Tuning', 'check_tuning',
+           'Study', 'equal_resources', 'isoflop_sweep', 'dense_vs_moe', 'study_to_dict', 'check_study_shape',
+           'study_from_dict', 'get_preset', 'study_with']
 
 # %% ../nbs/00a_studies.ipynb #fc0f7955
 MATCH_RESIZE = ('ffn', 'width')
 BUDGETS = ('tokens', 'reference_flops', 'fixed_flops')
-_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')      # names become directory names
+_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,99}')  # names become directory names: 100 characters at most, far
+                                                        # below a file system's 255 with the suffixes runs add
+NAME_RULE = "must be 1 to 100 letters, digits, '_', '.' or '-', starting with a letter or digit (it names a directory)"
 
 @dataclass(frozen=True)
 class Variant:
@@ -49,7 +51,7 @@ class Variant:
     def __post_init__(self):
         c = Checks(self, f"Variant {self.name!r}")
         c.need(isinstance(self.name, str) and bool(_NAME.fullmatch(self.name)), 'name',
-               "must be letters, digits, '_', '.' or '-' (it names a directory)")
+               NAME_RULE)
         fields = [f.name for f in dataclasses.fields(ModelConfig)]
         c.need(isinstance(self.overrides, dict) and set(self.overrides) <= set(fields), 'overrides',
                f"must map ModelConfig fields to values; valid fields: {', '.join(fields)}")
@@ -184,26 +186,35 @@ class Study:
     def __post_init__(self):
         c = Checks(self, f"Study {self.name!r}")
         c.need(isinstance(self.name, str) and bool(_NAME.fullmatch(self.name)), 'name',
-               "must be letters, digits, '_', '.' or '-' (it names a directory)")
+               NAME_RULE)
         c.need(self.model.vocab_size <= 2 ** 16, 'model', "vocab_size must be at most 65536 (tokens are cached as uint16)")
         c.need(positive_int(self.match_multiple), 'match_multiple', "must be a positive integer")
         c.need(isinstance(self.exact_pairing, bool), 'exact_pairing', "must be True or False")
         names = [v.name for v in self.variants]
-        c.need(len(names) > 0 and len(set(names)) == len(names), 'variants', "must be one or more, with distinct names")
+        if not names: c.problems.append("variants: a study declares at least one variant")
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            c.problems.append(f"variants: {dup!r} is declared more than once; give each variant a name of its own")
         for v in self.variants:
             try: self.model.replace(**v.overrides)
             except ConfigError as e: c.problems.append(f"variant {v.name!r}: {e}")
+            if v.overrides.get('vocab_size', self.model.vocab_size) != self.model.vocab_size:
+                c.problems.append(f"variant {v.name!r}: vocab_size={v.overrides['vocab_size']!r} differs from the reference's "
+                                  f"{self.model.vocab_size}; every variant reads the study's one tokenizer, so change "
+                                  "model.vocab_size for the whole study instead")
         for g in self.comparisons:
-            c.need(g.a in names and g.b in names and g.a != g.b, 'comparisons',
-                   f"{g.name!r} must compare two different declared variants ({', '.join(names)})")
-        c.need(len({g.name for g in self.comparisons}) == len(self.comparisons), 'comparisons', "need distinct names")
+            if not (g.a in names and g.b in names and g.a != g.b):
+                c.problems.append(f"comparisons: {g.name!r} compares {g.a!r} with {g.b!r}; it must compare two different "
+                                  f"declared variants ({', '.join(names)})")
+        if len({g.name for g in self.comparisons}) != len(self.comparisons):
+            c.problems.append("comparisons: each needs a name of its own")
         for s in ('seeds', 'design_seeds'):
             v = getattr(self, s)
             c.need(isinstance(v, tuple) and all(map(valid_seed, v)) and len(set(v)) == len(v), s,
                    f"must be a tuple of distinct integers from 0 to {MAX_SEED}")
         c.need(len(self.seeds) > 0, 'seeds', "must name at least one seed")
         c.each('design_search published_findings question previous_design', lambda v: isinstance(v, str), "must be text")
-        c.need(set(self.published) <= set(names), 'published', "may only name declared variants")
+        for v in sorted(set(self.published) - set(names)):
+            c.problems.append(f"published: {v!r} is not a declared variant ({', '.join(names)})")
         for v in self.variants:
             if v.granularity > 1 and not self.model.replace(**v.overrides).is_moe:
                 c.problems.append(f"variant {v.name!r}: granularity={v.granularity} needs an MoE (ffn='moe')")
@@ -511,21 +522,60 @@ def _upgrade_variant(v: dict) -> dict:
     "A variant as a study file declares it, with the names an older file used mapped to today's."
     v = dict(v)
     if v.get('seeds'): v['seeds'] = tuple(v['seeds'])
-    if v.get('budget') in RENAMED_BUDGETS: v['budget'] = RENAMED_BUDGETS[v['budget']]
+    if isinstance(v.get('budget'), str) and v['budget'] in RENAMED_BUDGETS: v['budget'] = RENAMED_BUDGETS[v['budget']]
     if isinstance(v.get('overrides'), dict) and 'balancing' in v['overrides']:
         v['overrides'] = _upgrade_router(v['overrides'])
     return v
 
+_JSON_KINDS = {dict: 'an object', list: 'a list', str: 'text', bool: 'true or false', int: 'a number', float: 'a number',
+               type(None): 'null'}
+_NEEDS = {'study': (('name', 'description', 'model', 'data', 'train', 'variants'), ''),
+          'variant': (('name', 'description'), ''), 'comparison': (('name', 'a', 'b', 'positive'), ' (what a positive gap means)')}
+
+def check_study_shape(d) -> None:
+    """A study file's JSON has a declaration's shape (`study_to_dict`'s): an object with the fields every study,
+    variant and comparison needs, objects and lists where they go. A `ConfigError` names the first field that
+    does not, what it holds and what is allowed; the values themselves are checked by the dataclasses."""
+    def need(ok: bool, where: str, allowed: str, value) -> None:
+        if not ok: raise ConfigError(f"study file: {where} is {_JSON_KINDS.get(type(value), type(value).__name__)}; "
+                                     f"it must be {allowed}")
+    def fields(obj: dict, kind: str, where: str) -> None:
+        needs, note = _NEEDS[kind]
+        missing = [k for k in needs if k not in obj]
+        if missing: raise ConfigError(f"study file: {where} has no {', '.join(map(repr, missing))}; a {kind} declares "
+                                      f"{', '.join(needs[:-1])} and {needs[-1]}{note}")
+    need(isinstance(d, dict), 'the whole file', 'an object {"name": …, "model": {…}, "variants": […], …}, as '
+         'runs/<study>/study.json holds one', d)
+    fields(d, 'study', 'the study')
+    for s in ('model', 'data', 'train'): need(isinstance(d[s], dict), s, 'an object of its fields', d[s])
+    for s, kind in (('variants', 'variant'), ('comparisons', 'comparison')):
+        items = d.get(s, [])
+        need(isinstance(items, list), s, f'a list of {kind} objects', items)
+        for j, x in enumerate(items):
+            need(isinstance(x, dict), f"{s}[{j}]", f'a {kind} object', x)
+            fields(x, kind, f"{s}[{j}]" + (f" ({x['name']})" if isinstance(x.get('name'), str) else ''))
+            need(x.get('overrides') is None or isinstance(x['overrides'], dict), f"{s}[{j}].overrides",
+                 'an object of ModelConfig fields', x.get('overrides'))
+            need(x.get('seeds') is None or isinstance(x['seeds'], list), f"{s}[{j}].seeds", 'null or a list of seeds',
+                 x.get('seeds'))
+    for s in ('seeds', 'design_seeds'):
+        need(isinstance(d.get(s, []), list), s, 'a list of integer seeds, e.g. [0, 1, 2]', d.get(s))
+    published = d.get('published', {})
+    need(isinstance(published, dict), 'published', 'an object {variant: [mean, std]}', published)
+    for k, v in published.items():
+        need(isinstance(v, list) and len(v) == 2 and all(map(_is_number, v)), f"published[{k!r}]",
+             'a pair [mean, std] of numbers', v)
+    need(d.get('tuning') is None or isinstance(d['tuning'], dict), 'tuning', 'null or an object of its fields', d.get('tuning'))
+
 def study_from_dict(d: dict) -> Study:
-    "The inverse of `study_to_dict`; unknown keys are errors."
+    "The inverse of `study_to_dict`; a file of the wrong shape or with unknown keys is a `ConfigError`."
+    check_study_shape(d)
     d = dict(d)
-    try:
-        if isinstance(d.get('model'), dict): d['model'] = _upgrade_router(d['model'])
-        sections = {s: config_from_dict(cls, d.pop(s)) for s, cls in
-                    (('model', ModelConfig), ('data', DataConfig), ('train', TrainConfig))}
-        variants = tuple(config_from_dict(Variant, _upgrade_variant(v)) for v in d.pop('variants'))
-        comparisons = tuple(config_from_dict(Comparison, g) for g in d.pop('comparisons', ()))
-    except KeyError as e: raise ConfigError(f"a study declaration needs {e}") from None
+    d['model'] = _upgrade_router(d['model'])
+    sections = {s: config_from_dict(cls, d.pop(s)) for s, cls in
+                (('model', ModelConfig), ('data', DataConfig), ('train', TrainConfig))}
+    variants = tuple(config_from_dict(Variant, _upgrade_variant(v)) for v in d.pop('variants'))
+    comparisons = tuple(config_from_dict(Comparison, g) for g in d.pop('comparisons', ()))
     for s in ('seeds', 'design_seeds'):
         if s in d: d[s] = tuple(d[s])
     if isinstance(d.get('tuning'), dict):
@@ -547,10 +597,17 @@ def get_preset(name: str | Study) -> Study:
     "The registered preset `name`, or the study declared in the JSON file `name` (a `Study` is returned as it is)."
     if isinstance(name, Study): return name
     if name in STUDIES: return STUDIES[name]
-    if name.endswith('.json'):
-        try: study = study_from_dict(json.loads(Path(name).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read the study declaration {name!r} ({type(e).__name__}: {e})") from None
+    if name.lower().endswith('.json'):
+        try: text = Path(name).read_text(encoding='utf-8')
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read the study declaration {name!r} ({type(e).__name__}: {e}); a study file is "
+                              "UTF-8 JSON") from None
+        try: declared = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ConfigError(f"the study declaration {name!r} is not JSON that can be read "
+                              f"({'nested too deeply' if isinstance(e, RecursionError) else e}); fix the file") from None
+        try: study = study_from_dict(declared)
+        except ConfigError as e: raise ConfigError(f"{name}: {e}") from None
         if not _same_study(STUDIES.get(study.name, study), study):      # it would share the shipped study's runs
             raise ConfigError(f"{name} declares a study named {study.name!r} that differs from the shipped preset of "
                               "that name; give it a name of its own")

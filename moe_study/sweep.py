@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_sweep.ipynb #15cfba92
 from __future__ import annotations
-import dataclasses, functools, hashlib, html, json, os, subprocess, sys, threading
+import dataclasses, functools, hashlib, html, json, os, re, shutil, subprocess, sys, threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +13,9 @@ import psutil
 from tqdm import tqdm
 from .config import ConfigError, check_seeds, positive_int
 from .studies import STUDIES, Study, study_to_dict
-from .fileio import project_root
 from .analysis import AUDIT_COLUMNS, load_runs, require_fair, study_results
 from .data import load_data
-from .fileio import strict_json, write_json_atomic, write_text_atomic
+from .fileio import exclusive, project_root, strict_json, write_json_atomic, write_text_atomic
 from .params import flops_per_token, run_budget, variant_config
 from .device import run_threads
 from .trainer import LAUNCHER_ENV
@@ -26,9 +25,9 @@ from .identity import finished_summary, plan_run, resolve_run, run_dir, runs_roo
 from .tuning import choose, load_tuning_runs, tuning_plan
 
 # %% auto #0
-__all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'Run', 'TUNING_RECORD', 'LAUNCHERS', 'notebook', 'write_study',
-           'study_argument', 'RunFailed', 'run_environ', 'Processes', 'execute_run', 'check_parameters', 'run_status',
-           'LiveRuns', 'RunOutcome', 'Interrupted', 'default_jobs', 'with_tuning', 'sweep', 'report_root',
+__all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'Run', 'TUNING_RECORD', 'RENDERING', 'LAUNCHERS', 'notebook',
+           'write_study', 'study_argument', 'RunFailed', 'run_environ', 'Processes', 'execute_run', 'check_parameters',
+           'run_status', 'LiveRuns', 'RunOutcome', 'Interrupted', 'default_jobs', 'with_tuning', 'sweep', 'report_root',
            'ReportRefused', 'tuning_record', 'render_report', 'TrainJob', 'Jobs', 'slurm_parameters', 'Launcher',
            'StudyOutcome', 'run_study']
 
@@ -354,40 +353,71 @@ def tuning_record(study: Study, runs: Path, out: Path) -> pd.DataFrame | None:
 
 def _digest(results: dict) -> str: return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
 
+RENDERING = '.rendering'          # the scratch folder a report is rendered into, inside its folder
+
+def _swap_in(scratch: Path, out: Path) -> None:
+    """Move a freshly rendered report from `scratch` into `out` file by file, each rename atomic, index.html and its
+    stamp last; then remove the figures the new report no longer has."""
+    new = {p.name for p in scratch.iterdir()}
+    last = [n for n in ('index.html', '.rendered') if n in new]
+    for name in sorted(new - set(last)) + last: os.replace(scratch / name, out / name)
+    for p in out.glob('*.png'):
+        if p.name not in new: p.unlink()
+
+_ERRNO = re.compile(r"\[Errno (\d+)\] ([^:]+)(?:: '(.*)')?")
+
+def _write_error(e: Exception) -> OSError | None:
+    "The disk error behind `e`, raised here or inside the report notebook; None when `e` is something else."
+    if isinstance(e, OSError): return e
+    m = _ERRNO.search(str(getattr(e, 'evalue', '')))
+    if getattr(e, 'ename', None) in ('OSError', 'PermissionError', 'FileNotFoundError') and m:
+        return OSError(int(m[1]), m[2], m[3])
+    return None
+
 def render_report(study: Study, runs: Path | None = None, reports: Path | None = None,
                   failed: list[dict] | None = None, force: bool = False) -> tuple[Path, bool]:
     """Write results.json and render index.html for `study`; returns (report dir, whether it was rendered).
-    `ReportRefused` (and a refusal page as index.html) when the runs cannot be reported."""
+    The report is rendered into a scratch folder and swapped in only when whole; one process renders a report at a
+    time (another waits). `ReportRefused` (and a refusal page as index.html) when the runs cannot be reported; an
+    `OSError` naming the path when the disk refuses a write, the previous report kept as it was."""
     import papermill as pm
     from nbconvert import HTMLExporter
     runs = Path(runs or runs_root())
     out = Path(reports or report_root()) / study.name
-    out.mkdir(parents=True, exist_ok=True)
-    results = strict_json(json.loads(json.dumps(study_results(study, runs, failed, tuning_record(study, runs, out)), default=str)))
-    write_json_atomic(out / 'results.json', results)
-    stamp = out / '.rendered'                       # the digest of the results index.html shows
-    if not force and (out / 'index.html').exists() and stamp.exists() and stamp.read_text() == _digest(results):
-        return out, False
-    stamp.unlink(missing_ok=True)
-    try:
-        if not results['variants']:
-            raise ReportRefused(f"no complete run of study {study.name} in {runs / study.name}; train them first with "
-                                f"`python -m moe_study study --preset {study.name}`")
-        require_fair(pd.DataFrame(results['audit'], columns=AUDIT_COLUMNS))
-        write_study(study, runs)
-        pm.execute_notebook(str(notebook('report.ipynb')), str(out / 'report.ipynb'), cwd=str(project_root()),
-                            parameters={'preset': study_argument(study, runs), 'runs_dir': str(runs), 'report_dir': str(out)},
-                            progress_bar=False, start_timeout=KERNEL_START_TIMEOUT)
-        exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-        page, _ = exporter.from_filename(str(out / 'report.ipynb'))
-    except Exception as e:
-        write_text_atomic(out / 'index.html', _refusal_page(study, _error_line(e), results['audit'],
-                                                             study_argument(study, runs) +
-                                                             ('' if runs == runs_root() else f" --runs-dir {runs}")))
-        raise ReportRefused(_error_line(e)) from None
-    write_text_atomic(out / 'index.html', page)
-    write_text_atomic(stamp, _digest(results))
+    with exclusive(out, f"the report of {study.name}", wait=True):
+        scratch = out / RENDERING
+        shutil.rmtree(scratch, ignore_errors=True)      # a killed render's: the lock says no other one is live
+        results = strict_json(json.loads(json.dumps(study_results(study, runs, failed, tuning_record(study, runs, out)), default=str)))
+        stamp = out / '.rendered'                       # the digest of the results index.html shows
+        if not force and (out / 'index.html').exists() and stamp.exists() and stamp.read_text() == _digest(results):
+            write_json_atomic(out / 'results.json', results)
+            return out, False
+        try:
+            scratch.mkdir()
+            write_json_atomic(scratch / 'results.json', results)
+            if not results['variants']:
+                raise ReportRefused(f"no complete run of study {study.name} in {runs / study.name}; train them first with "
+                                    f"`python -m moe_study study --preset {study.name}`")
+            require_fair(pd.DataFrame(results['audit'], columns=AUDIT_COLUMNS))
+            write_study(study, runs)
+            pm.execute_notebook(str(notebook('report.ipynb')), str(scratch / 'report.ipynb'), cwd=str(project_root()),
+                                parameters={'preset': study_argument(study, runs), 'runs_dir': str(runs), 'report_dir': str(scratch)},
+                                progress_bar=False, start_timeout=KERNEL_START_TIMEOUT)
+            exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+            write_text_atomic(scratch / 'index.html', exporter.from_filename(str(scratch / 'report.ipynb'))[0])
+            write_text_atomic(scratch / '.rendered', _digest(results))
+            _swap_in(scratch, out)
+        except Exception as e:
+            if (disk := _write_error(e)) is not None: raise disk from None     # the report in `out` is as it was
+            stamp.unlink(missing_ok=True)
+            write_json_atomic(out / 'results.json', results)
+            write_text_atomic(out / 'index.html', _refusal_page(study, _error_line(e), results['audit'],
+                                                                 study_argument(study, runs) +
+                                                                 ('' if runs == runs_root() else f" --runs-dir {runs}")))
+            raise ReportRefused(_error_line(e)) from None
+        finally: shutil.rmtree(scratch, ignore_errors=True)
     return out, True
+
 
 # %% ../nbs/11_sweep.ipynb #8d8ab6e8
 LAUNCHERS = ('local', 'submitit-local', 'slurm')

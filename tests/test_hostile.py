@@ -1,0 +1,146 @@
+"""Hostile inputs, round two (issue #31): for each, the exit status, a message that names the problem and the fix, no
+traceback, and what was written before left intact (by SHA-256). Round one is tests/test_faults.py."""
+import json, signal, subprocess, sys, time, resource
+from pathlib import Path
+
+import pytest
+
+from moe_study.fileio import exclusive
+from moe_study.studies import get_preset, study_to_dict
+from test_faults import ROOT, TINY_STUDY, cli, no_traceback, snapshot
+
+SMOKE = study_to_dict(get_preset('smoke'))
+
+
+def study_file(tmp_path, d=None, raw: bytes | None = None, name='mine.json') -> Path:
+    "A study file in tmp_path: the JSON of `d`, or `raw` bytes."
+    p = tmp_path / name
+    if raw is not None: p.write_bytes(raw)
+    else: p.write_text(json.dumps(d))
+    return p
+
+
+def mine(**changes) -> dict:
+    "The smoke study declared under a name of its own, with `changes` to its top-level fields."
+    return {**json.loads(json.dumps(SMOKE)), 'name': 'mine', **changes}
+
+
+def variant(**changes) -> dict:
+    "The smoke study's first variant (moe) with `changes`."
+    return {**SMOKE['variants'][0], **changes}
+
+
+def variants(*first) -> list:
+    "The smoke study's variants with `first` in place of its first one (moe)."
+    return [*first, *SMOKE['variants'][1:]]
+
+
+# --- 3. a study file of the wrong shape: exit 2 naming the field and what is allowed, nothing written --------------
+
+def _without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+BAD_STUDY_FILES = {
+    'a list': ([mine()], "the whole file is a list; it must be an object"),
+    'model null': (mine(model=None), "model is null; it must be an object of its fields"),
+    'model text': (mine(model='big'), "model is text; it must be an object of its fields"),
+    'data a list': (mine(data=['corpus.txt']), "data is a list; it must be an object of its fields"),
+    'variants an object': (mine(variants={'moe': variant()}), "variants is an object; it must be a list of variant objects"),
+    'a variant that is text': (mine(variants=['moe']), "variants[0] is text; it must be a variant object"),
+    'seeds a number': (mine(seeds=3), "seeds is a number; it must be a list of integer seeds"),
+    'published not pairs': (mine(published={'moe': 1.5}), "published['moe'] is a number; it must be a pair [mean, std]"),
+    'published a triple': (mine(published={'moe': [1, 2, 3]}), "published['moe'] is a list; it must be a pair [mean, std]"),
+    'variant without description': (mine(variants=variants(_without(variant(), 'description'))),
+                                    "variants[0] (moe) has no 'description'; a variant declares name and description"),
+    'comparison without meaning': (mine(comparisons=[{'name': 'g', 'a': 'moe', 'b': 'moe'}]),
+                                   "comparisons[0] (g) has no 'positive'; a comparison declares name, a, b and positive"),
+    'no study name': (_without(mine(), 'name'), "the study has no 'name'; a study declares name, description"),
+    'duplicate variant': (mine(variants=variants(variant(), variant())), "'moe' is declared more than once; give each variant a name of its own"),
+    'variant overrides a list': (mine(variants=variants(variant(overrides=[1]))), "variants[0].overrides is a list"),
+    'variant budget a list': (mine(variants=variants(variant(budget=[1]))), "budget=[1]: must be one of"),
+    'tuning text': (mine(tuning='yes'), "tuning is text; it must be null or an object"),
+    'variant vocabulary below the tokenizer': (mine(variants=variants(variant(overrides={'vocab_size': 64}))),
+                                               "vocab_size=64 differs from the reference's 512"),
+    'a name too long for a folder': (mine(name='m' * 300), "must be 1 to 100 letters"),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_STUDY_FILES))
+def test_a_study_file_of_the_wrong_shape_is_refused(case, tmp_path):
+    d, message = BAD_STUDY_FILES[case]
+    code, _, err = cli('study', '--preset', study_file(tmp_path, d), '--runs-dir', tmp_path / 'runs',
+                       '--report-dir', tmp_path / 'report')
+    assert code == 2 and message in err and 'mine.json' in err, err
+    no_traceback(err)
+    named = 2 * len(d['name']) if isinstance(d, dict) and isinstance(d.get('name'), str) else 0   # a name is shown in full
+    assert len(err) < 600 + named, f"the message should name the field, not dump the declaration: {err}"
+    assert not (tmp_path / 'runs').exists() and not (tmp_path / 'report').exists()
+
+
+@pytest.mark.parametrize('raw, message', [
+    (b'[' * 100_000 + b']' * 100_000, "is not JSON that can be read (nested too deeply)"),
+    (json.dumps(mine()).encode().replace(b'"mine"', b'"mi\xff\xfene"'), "a study file is UTF-8 JSON"),
+    (b'', "is not JSON that can be read"),
+])
+def test_a_study_file_that_cannot_be_parsed_is_refused(raw, message, tmp_path):
+    code, _, err = cli('params', '--preset', study_file(tmp_path, raw=raw))
+    assert code == 2 and message in err, err
+    no_traceback(err)
+
+
+def test_a_study_file_named_in_capitals_is_read(tmp_path):
+    code, out, err = cli('params', '--preset', study_file(tmp_path, mine(), name='MINE.JSON'))
+    assert code == 0 and 'moe' in out, err
+
+
+# --- 2. reports are swapped in whole, one writer at a time -------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def reported(tmp_path_factory):
+    "A study file, its finished run and its rendered report: (study file, runs dir, report dir, report folder)."
+    from test_faults import TINY_SET
+    folder = tmp_path_factory.mktemp('reported')
+    d = study_to_dict(TINY_STUDY); d.update(name='mine', base=None, overrides={})
+    study = study_file(folder, d)
+    code, _, err = cli('study', '--preset', study, '--variants', 'moe', '--seeds', '0', '--runs-dir', folder / 'runs',
+                       '--report-dir', folder / 'report', *TINY_SET)
+    assert code == 0, err
+    return study, folder / 'runs', folder / 'report', folder / 'report' / 'mine'
+
+
+def study_process(study, runs, report, preexec_fn=None, **kw):
+    return subprocess.Popen([sys.executable, '-m', 'moe_study', 'study', '--preset', str(study), '--variants', 'moe', '--seeds', '0',
+                             '--runs-dir', str(runs), '--report-dir', str(report)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn, **kw)
+
+
+def test_a_full_disk_while_a_report_re_renders_keeps_the_previous_report(reported):
+    study, runs, report, out = reported
+    (out / '.rendered').unlink()                                # the next study re-renders the report
+    before = snapshot(out)
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)           # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+    p = study_process(study, runs, report, small_disk)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1 and 'File too large; free disk space' in err and 'is kept' in err, err
+    no_traceback(err)
+    assert snapshot(out) == before, "the previous report changed"
+    assert not (out / '.rendering').exists(), "the scratch folder was left behind"
+
+
+def test_a_second_renderer_waits_for_the_first(reported):
+    study, runs, report, out = reported
+    (out / '.rendering').mkdir(exist_ok=True); (out / '.rendering' / 'index.html').write_text('half')   # a killed render's
+    (out / '.rendered').unlink(missing_ok=True)
+    with exclusive(out):                                        # another process is rendering this report
+        p = study_process(study, runs, report)
+        time.sleep(8)
+        assert p.poll() is None, "the second renderer did not wait for the report folder's lock"
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    page = (out / 'index.html').read_text()
+    assert 'What we found' in page and 'half' != page
+    json.loads((out / 'report.ipynb').read_text())             # whole, valid JSON
+    assert not (out / '.rendering').exists(), "a killed render's scratch folder was not cleaned"
