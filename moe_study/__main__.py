@@ -14,7 +14,7 @@ from .config import ConfigError
 from .environment import pin_kernels
 try: pin_kernels()        # before torch loads: every command computes on the kernel path MOE_STUDY_KERNELS names (chapter 07c)
 except ConfigError as e: print(f"error: {e}", file=sys.stderr); sys.exit(2)
-from .studies import STUDIES, Study, study_with
+from .studies import STUDIES, Study, study_with, user_path
 from .params import format_param_table, variant_table
 from .data import DataError, benchmark_data, load_data
 from .fileio import Busy, os_error_message
@@ -27,19 +27,26 @@ from .tuning import choose, load_tuning_runs
 from .tracking import TRACKER_ENV, tracker_names
 
 # %% auto #0
-__all__ = ['COMMANDS', 'add_preset_argument', 'parse_overrides', 'add_tracker_argument', 'study_from_args', 'add_params_command',
-           'run_params', 'add_data_command', 'format_manifest', 'run_data', 'add_train_command', 'run_train',
-           'add_bench_command', 'run_bench', 'add_study_command', 'tuning_summary', 'run_study_command',
+__all__ = ['COMMANDS', 'path_argument', 'add_preset_argument', 'parse_overrides', 'add_tracker_argument', 'study_from_args',
+           'add_params_command', 'run_params', 'add_data_command', 'format_manifest', 'run_data', 'add_train_command',
+           'run_train', 'add_bench_command', 'run_bench', 'add_study_command', 'tuning_summary', 'run_study_command',
            'add_export_command', 'run_export', 'add_board_command', 'board_command', 'run_board', 'add_eval_command',
            'run_eval', 'gap_lines', 'build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #9bcab05b
+def path_argument(text: str) -> Path:
+    """A path from the command line, resolved once against the folder the command was started in (every run of a
+    study, in whatever process, then means the same file); an empty one (an unset shell variable) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?); give the file or folder's path")
+    return Path(user_path(text))
+
 def add_preset_argument(p, default: str | None = 'cpu', changes: bool = True) -> None:
     "`--preset`, and with `changes` the user's `--data` and `--set` that make a new study identity."
     p.add_argument('--preset', default=default, metavar='PRESET',
                    help=f"{', '.join(STUDIES)}, or a study .json file (default: {default or 'see below'})")
     if not changes: return
-    p.add_argument('--data', default=None, metavar='PATH',
+    p.add_argument('--data', type=path_argument, default=None, metavar='PATH',
                    help="your own corpus: a .txt / .jsonl / .parquet file or folder (a new study identity)")
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='FIELD=VALUE',
                    help="change a field: model.FIELD, data.FIELD, train.FIELD (a bare FIELD is train.FIELD); "
@@ -126,7 +133,7 @@ def add_train_command(sub) -> None:
     add_preset_argument(p)
     p.add_argument('--variant', required=True, help="one of the study's variants")
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--runs-dir', type=Path, default=None, help="where run directories go (default: runs/)")
+    p.add_argument('--runs-dir', type=path_argument, default=None, help="where run directories go (default: runs/)")
     p.add_argument('--until', type=int, default=None, metavar='STEP',
                    help="stop after this step's checkpoint; run again to continue")
     p.add_argument('--quiet', action='store_true', help="no progress bar")
@@ -175,8 +182,8 @@ def add_study_command(sub) -> None:
     add_preset_argument(p)
     p.add_argument('--variants', nargs='+', metavar='VARIANT', help="variants (default: all the study declares)")
     p.add_argument('--seeds', nargs='+', type=int, default=None, help="seeds (default: the study's)")
-    p.add_argument('--runs-dir', type=Path, default=None, help="where run directories go (default: runs/)")
-    p.add_argument('--report-dir', type=Path, default=None, help="where reports go (default: report/)")
+    p.add_argument('--runs-dir', type=path_argument, default=None, help="where run directories go (default: runs/)")
+    p.add_argument('--report-dir', type=path_argument, default=None, help="where reports go (default: report/)")
     p.add_argument('--tune', action='store_true',
                    help="run the study's tuning runs (chapter 10a) even though it ships its chosen learning rates, and "
                         "print what they choose beside the declared ones (a study that ships none tunes anyway)")
@@ -227,8 +234,8 @@ def add_export_command(sub) -> None:
                        description="Write the run in RUN_DIR (its last checkpoint) as a transformers model folder OUT_DIR: "
                                    "LlamaForCausalLM for a dense run, MixtralForCausalLM for an MoE run, with its tokenizer "
                                    "and generation config. Needs moe_study[hf].")
-    p.add_argument('run_dir', type=Path, metavar='RUN_DIR', help="a run directory, runs/<study>/<variant>/seed<k>")
-    p.add_argument('out_dir', type=Path, metavar='OUT_DIR', help="the folder to write (must not exist)")
+    p.add_argument('run_dir', type=path_argument, metavar='RUN_DIR', help="a run directory, runs/<study>/<variant>/seed<k>")
+    p.add_argument('out_dir', type=path_argument, metavar='OUT_DIR', help="the folder to write (must not exist)")
     p.set_defaults(run=run_export)
 
 def run_export(args) -> int:
@@ -242,7 +249,7 @@ def add_board_command(sub) -> None:
     p = sub.add_parser('board', help="start TensorBoard on a study's runs (every variant and seed side by side)",
                        description="Start TensorBoard on runs/<study> (or all of runs/ without --preset); Ctrl-C stops it.")
     add_preset_argument(p, default=None)
-    p.add_argument('--runs-dir', type=Path, default=None, help="where run directories are (default: runs/)")
+    p.add_argument('--runs-dir', type=path_argument, default=None, help="where run directories are (default: runs/)")
     p.add_argument('--port', type=int, default=6006, help="the port TensorBoard serves on (default: 6006)")
     p.add_argument('--print', dest='print_only', action='store_true', help="print the command instead of running it")
     p.set_defaults(run=run_board)
@@ -272,12 +279,12 @@ def add_eval_command(sub) -> None:
                                    "tokenizer, and render its report again with the held-out gaps; or run an "
                                    "lm-evaluation-harness task on the runs (--harness, needs moe_study[eval]).")
     add_preset_argument(p, changes=False)
-    p.add_argument('--data', default=None, metavar='PATH', help="the corpus to evaluate on: a .txt / .jsonl / .parquet file or folder")
+    p.add_argument('--data', type=path_argument, default=None, metavar='PATH', help="the corpus to evaluate on: a .txt / .jsonl / .parquet file or folder")
     p.add_argument('--text-field', default='text', help="the text field of a .jsonl or .parquet corpus (default: text)")
     p.add_argument('--harness', default=None, metavar='TASK', help="an lm-evaluation-harness task (moe_study_bpb: --data, scored by the harness)")
-    p.add_argument('--run', dest='one_run', type=Path, default=None, metavar='RUN_DIR', help="one run of the study instead of all")
-    p.add_argument('--runs-dir', type=Path, default=None, help="where run directories are (default: runs/)")
-    p.add_argument('--report-dir', type=Path, default=None, help="where reports go (default: report/)")
+    p.add_argument('--run', dest='one_run', type=path_argument, default=None, metavar='RUN_DIR', help="one run of the study instead of all")
+    p.add_argument('--runs-dir', type=path_argument, default=None, help="where run directories are (default: runs/)")
+    p.add_argument('--report-dir', type=path_argument, default=None, help="where reports go (default: report/)")
     p.set_defaults(run=run_eval)
 
 def run_eval(args) -> int:

@@ -211,6 +211,10 @@ class DataConfig(_Config):
         c.need(_is_number(self.val_fraction) and 0 < self.val_fraction < 1, 'val_fraction',
                "must be a number strictly between 0 and 1")
         c.need(self.source != 'files' or bool(self.path), 'path', "must name a file or folder when source='files'")
+        c.need(self.path is None or (isinstance(self.path, str) and self.path.strip() != ''), 'path',
+               "must be None or a file or folder's path (an empty one is not the current folder)")
+        c.need(self.source != 'synthetic' or self.path is None, 'path', "is not read by source='synthetic', which "
+               "generates its stories: give your corpus with --data PATH (or set data.source=files with it)")
         c.need(self.source != 'synthetic' or (self.train_docs is not None and self.val_docs is not None),
                'train_docs', "must be set, with val_docs, when source='synthetic' (the number of stories to generate)")
         c.raise_all()

@@ -19,14 +19,14 @@ import moe_study
 from .config import CORPUS_SOURCES, DataConfig
 from typing import TYPE_CHECKING
 if TYPE_CHECKING: from moe_study.studies import Study
-from .fileio import cache_root, naming, write_json_atomic
+from .fileio import cache_root, naming, remove_dead_scratch, scratch_path, write_json_atomic
 from .stories import GENERATOR_VERSION, make_world, synthetic_stories
 
 # %% auto #0
 __all__ = ['CHUNK_DOCS', 'TEXT_SUFFIXES', 'EOS_ID', 'CACHE_FORMAT', 'POOL_SEED', 'DataError', 'Corpus', 'synthetic_corpus',
            'read_documents', 'is_validation', 'files_corpus', 'load_tinystories', 'tinystories_corpus', 'open_corpus',
            'train_tokenizer', 'load_tokenizer', 'cache_key', 'build_workers', 'manifest_digest', 'verify_cache',
-           'build_cache', 'TokenCache', 'load_data', 'benchmark_data', 'BatchSampler', 'val_batches']
+           'build_cache', 'TokenCache', 'load_data', 'benchmark_data', 'BatchSampler', 'val_windows', 'val_batches']
 
 # %% ../nbs/03_data.ipynb #c4a24059
 class DataError(ValueError):
@@ -347,7 +347,8 @@ def build_cache(cfg: DataConfig, vocab_size: int, root: Path | None = None, rebu
         verify_cache(final)
         return final
     root.mkdir(parents=True, exist_ok=True)
-    scratch = root / f".building-{key}-{os.getpid()}"
+    remove_dead_scratch(root, '.building-*'); remove_dead_scratch(root, '.old-*')      # a killed build's
+    scratch = scratch_path(root, f".building-{key}")
     shutil.rmtree(scratch, ignore_errors=True); scratch.mkdir()
     try:
         start = time.time()
@@ -367,7 +368,7 @@ def build_cache(cfg: DataConfig, vocab_size: int, root: Path | None = None, rebu
         manifest['manifest_sha256'] = manifest_digest(manifest)
         write_json_atomic(scratch / 'manifest.json', manifest)
         if final.exists():                                  # --rebuild: swap only once the new cache is whole
-            old = root / f".old-{key}-{os.getpid()}"
+            old = scratch_path(root, f".old-{key}")
             os.rename(final, old); os.rename(scratch, final); shutil.rmtree(old)
         else:
             os.rename(scratch, final)
@@ -462,12 +463,22 @@ class BatchSampler:
         "Epochs completed after `step` steps."
         return step * self.batch_size / self.n_windows
 
+def val_windows(n_val: int, seq_len: int, n_tokens: int | None = None) -> int:
+    """How many windows of `seq_len` + 1 tokens the validation set has: over the first `n_tokens` (`eval_tokens`) of
+    its `n_val` tokens, all when None. None fitting is a `DataError` naming what to change."""
+    n = n_val if n_tokens is None else min(n_tokens, n_val)
+    if (n - 1) // seq_len > 0: return (n - 1) // seq_len
+    if (n_val - 1) // seq_len > 0:
+        raise DataError(f"eval_tokens={n_tokens} is less than one validation window of {seq_len + 1} tokens (the sequence "
+                        f"length + 1); set data.eval_tokens to at least {seq_len + 1}, or to None for the whole split "
+                        f"({n_val:,} tokens)")
+    raise DataError(f"the validation split has {n_val} tokens, less than one window of {seq_len + 1} (the sequence length "
+                    "+ 1); hold out more text (data.val_fraction or data.val_docs) or shorten the sequence (train.seq_len, or model.context_len)")
+
 def val_batches(tokens: np.ndarray, seq_len: int, batch_size: int, n_tokens: int | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     "The fixed validation set: consecutive windows over the first `n_tokens` tokens (all when None)."
-    n = len(tokens) if n_tokens is None else min(n_tokens, len(tokens))
-    n_windows = (n - 1) // seq_len
-    if n_windows == 0: raise DataError(f"the validation split has {len(tokens)} tokens, less than one window of {seq_len + 1}")
+    n_windows = val_windows(len(tokens), seq_len, n_tokens)
     for first in range(0, n_windows, batch_size):
         idx = range(first, min(first + batch_size, n_windows))
         rows = torch.from_numpy(np.stack([tokens[i * seq_len: i * seq_len + seq_len + 1] for i in idx]).astype(np.int64))

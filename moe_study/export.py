@@ -4,11 +4,11 @@
 
 # %% ../nbs/14_export.ipynb #30eb95f6
 from __future__ import annotations
-import importlib.util, json, os, shutil
+import glob, importlib.util, json, os, shutil
 from pathlib import Path
 import torch
 from .config import ROUTERS, ConfigError, ModelConfig
-from .fileio import cache_root
+from .fileio import cache_root, remove_dead_scratch, scratch_path
 from .data import EOS_ID, load_tokenizer
 from .heldout import run_model
 from .model import Decoder
@@ -119,7 +119,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     hf.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
                                             max_length=cfg.context_len)    # prompt and continuation fill the context at most
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = out_dir.parent / f".{out_dir.name}.exporting-{os.getpid()}"
+    remove_dead_scratch(out_dir.parent, f".{glob.escape(out_dir.name)}.exporting")     # a killed export's
+    scratch = scratch_path(out_dir.parent, f".{out_dir.name}.exporting")
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         hf.save_pretrained(scratch, safe_serialization=True)

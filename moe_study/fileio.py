@@ -4,13 +4,13 @@
 
 # %% ../nbs/01_fileio.ipynb #424e3b95
 from __future__ import annotations
-import errno, fcntl, json, math, os, platform, time
+import errno, fcntl, json, math, os, platform, shutil, time
 from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['write_atomic', 'write_text_atomic', 'strict_json', 'write_json_atomic', 'Busy', 'exclusive', 'os_error_message',
-           'naming', 'flatten', 'config_drift', 'project_root', 'cache_root']
+__all__ = ['write_atomic', 'write_text_atomic', 'strict_json', 'write_json_atomic', 'Busy', 'exclusive', 'scratch_path',
+           'remove_dead_scratch', 'os_error_message', 'naming', 'flatten', 'config_drift', 'project_root', 'cache_root']
 
 # %% ../nbs/01_fileio.ipynb #a9808712
 def write_atomic(path: Path, write) -> None:
@@ -62,6 +62,27 @@ def exclusive(folder: Path, what: str = 'this directory', wait: bool = False):
         f.write(f"process {os.getpid()} on {platform.node()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"); f.flush()
         try: yield folder
         finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+# %% ../nbs/01_fileio.ipynb #8cb33dba
+def scratch_path(folder: Path, what: str) -> Path:
+    "This process's scratch folder for `what` under `folder`: `<what>@<host>-<pid>`."
+    return Path(folder) / f"{what}@{platform.node()}-{os.getpid()}"
+
+def _running(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass                # another user's process: it runs
+    return True
+
+def remove_dead_scratch(folder: Path, pattern: str = '*') -> list[Path]:
+    """Remove the scratch folders under `folder` whose `<what>` matches `pattern` left by processes of this machine that
+    no longer run; returns them."""
+    removed = []
+    for p in Path(folder).glob(f"{pattern}@*-*"):
+        host, _, pid = p.name.rpartition('@')[2].rpartition('-')
+        if host == platform.node() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(p, ignore_errors=True); removed.append(p)
+    return removed
 
 # %% ../nbs/01_fileio.ipynb #3e428d02
 _FIXES = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space (your quota is full)",

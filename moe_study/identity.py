@@ -11,7 +11,7 @@ import torch
 import moe_study
 from .checkpoint import TrainingError
 from .config import ConfigError, MAX_SEED, ModelConfig, TrainConfig, upgrade_identity, valid_seed
-from .data import BatchSampler, TokenCache
+from .data import BatchSampler, TokenCache, val_windows
 from .fileio import config_drift, project_root
 from .params import Budget, count_params, flops_per_token, run_budget, variant_config, variant_match
 from .studies import Study, study_with
@@ -78,6 +78,7 @@ def plan_run(spec: RunSpec, data: TokenCache) -> tuple[int, BatchSampler, Budget
     seq_len = spec.train.seq_len or spec.model.context_len
     if seq_len > spec.model.context_len:
         raise ConfigError(f"TrainConfig.seq_len={seq_len} exceeds the model's context_len={spec.model.context_len}")
+    val_windows(len(data.tokens('val')), seq_len, spec.preset.data.eval_tokens)    # refused now, not at the first evaluation
     train_tokens = data.tokens('train')
     budget = run_budget(spec.preset, spec.variant, split_windows=(len(train_tokens) - 1) // seq_len)
     sampler = BatchSampler(train_tokens, seq_len, spec.train.batch_size, spec.seed, pool=budget.pool)

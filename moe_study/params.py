@@ -178,7 +178,9 @@ def split_experts(cfg: ModelConfig, granularity: int) -> ModelConfig:
     "Granularity G: each expert of width d_e becomes G experts of width d_e / G, and a token uses k·G of them."
     if granularity == 1: return cfg
     if not cfg.is_moe or cfg.d_expert % granularity:
-        raise ConfigError(f"granularity={granularity} needs an MoE whose d_expert ({cfg.d_expert}) it divides")
+        divisors = [g for g in range(2, min(cfg.d_expert, 64) + 1) if cfg.d_expert % g == 0][:6] if cfg.is_moe else []
+        raise ConfigError(f"granularity={granularity} needs an MoE whose d_expert ({cfg.d_expert}) it divides"
+                          + (f"; choose one that does ({', '.join(map(str, divisors))}, …) or change d_expert" if divisors else ''))
     return cfg.replace(n_experts=cfg.n_experts * granularity, top_k=cfg.top_k * granularity,
                        d_expert=cfg.d_expert // granularity)
 

@@ -20,7 +20,7 @@ __all__ = ['MATCH_RESIZE', 'BUDGETS', 'NAME_RULE', 'TUNING_RULES', 'LAW_TERMS', 
            'SEED_STUDY_MODEL', 'SEED_STUDY_TRAIN', 'EQUAL_GPU_TUNING', 'ISOFLOP_GPU_WIDTHS', 'ISOFLOP_GPU_TUNING',
            'STORIES_GPU_DATA', 'STUDIES', 'OVERRIDE_SECTIONS', 'Variant', 'Comparison', 'Tuning', 'check_tuning',
            'Study', 'equal_resources', 'isoflop_sweep', 'dense_vs_moe', 'study_to_dict', 'check_study_shape',
-           'study_from_dict', 'get_preset', 'study_with']
+           'study_from_dict', 'get_preset', 'user_path', 'study_with']
 
 # %% ../nbs/00a_studies.ipynb #fc0f7955
 MATCH_RESIZE = ('ffn', 'width')
@@ -608,6 +608,8 @@ def get_preset(name: str | Study) -> Study:
                               f"({'nested too deeply' if isinstance(e, RecursionError) else e}); fix the file") from None
         try: study = study_from_dict(declared)
         except ConfigError as e: raise ConfigError(f"{name}: {e}") from None
+        if study.data.path and not os.path.isabs(study.data.path):     # resolved once, against the command's folder
+            study = dataclasses.replace(study, data=study.data.replace(path=user_path(study.data.path)))
         if not _same_study(STUDIES.get(study.name, study), study):      # it would share the shipped study's runs
             raise ConfigError(f"{name} declares a study named {study.name!r} that differs from the shipped preset of "
                               "that name; give it a name of its own")
@@ -616,6 +618,10 @@ def get_preset(name: str | Study) -> Study:
 
 # %% ../nbs/00a_studies.ipynb #a08366e5
 OVERRIDE_SECTIONS = ('model', 'data', 'train')
+
+def user_path(path: str) -> str:
+    "`path` made absolute against the folder the command was started in: every process of a study reads the same file."
+    return os.path.abspath(os.path.expanduser(path))
 
 def study_with(preset: Study | str, data: str | None = None, overrides: dict | None = None) -> Study:
     "`preset` with a user's corpus (`data`) and `overrides` applied: a new study named `<preset>-<hash>`."
@@ -627,14 +633,15 @@ def study_with(preset: Study | str, data: str | None = None, overrides: dict | N
                           "(papermill: -y \"overrides: {max_steps: 100}\", not -p)")
     changes: dict[str, dict] = {s: {} for s in OVERRIDE_SECTIONS}
     if data is not None:      # the files source, every document (the preset's story counts are not caps)
-        changes['data'].update(source='files', path=os.path.abspath(os.path.expanduser(str(data))),
-                               train_docs=None, val_docs=None)
+        changes['data'].update(source='files', path=user_path(str(data)), train_docs=None, val_docs=None)
     for key, value in (overrides or {}).items():
         section, _, name = key.rpartition('.')
         if (section or 'train') not in OVERRIDE_SECTIONS:
             raise ConfigError(f"override {key!r}: name a field as model.FIELD, data.FIELD or train.FIELD "
                               "(a bare FIELD is train.FIELD)")
         changes[section or 'train'][name] = value
+    if isinstance(changes['data'].get('path'), str) and changes['data']['path'].strip():
+        changes['data']['path'] = user_path(changes['data']['path'])
     parts = {s: getattr(base, s).replace(**changes[s]) for s in OVERRIDE_SECTIONS}
     effective = {f"{s}.{k}": v for s in OVERRIDE_SECTIONS for k, v in parts[s].to_dict().items()
                  if getattr(base, s).to_dict()[k] != v}

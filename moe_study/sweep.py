@@ -301,6 +301,8 @@ def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, pro
         raise ConfigError(f"study {study.name!r} declares no tuning, so there is nothing to tune; declare one (its "
                           "\"tuning\" field: a grid of learning rates and the seeds that tune, chapter 10a)")
     data = load_data(study)                         # a bad corpus fails here; the cache is built once, not per run
+    for v in variants:                              # so does a variant that does not fit it: nothing is written yet
+        plan_run(resolve_run(study, v, 0, lr=None if study.variant_lr(v) is not None else study.train.lr), data)
     write_study(study, root)
     processes = running if running is not None else Processes()
     execute_all = functools.partial(_execute_all, root=root, data=data, execute=execute, jobs=jobs, processes=processes,

@@ -234,9 +234,10 @@ def train(preset: Study | str, variant: str, seed: int = 0, *, data: str | None 
         if not w.main: dist.barrier()                          # rank 0 builds the token cache, the others wait
         data = load_data(spec.preset)           # a bad corpus is refused before the run directory exists
         if w.main and w.size > 1: dist.barrier()
+        plan = plan_run(spec, data)             # so is a run that does not fit its data
         lock = exclusive(out, 'this run') if w.main else nullcontext()          # one writer per run directory
         with cpu_threads(run_threads(spec.train)), lock:
-            return run_loop(spec, data, out, progress and w.main, until, w)
+            return run_loop(spec, data, out, progress and w.main, until, w, plan)
 
 def _kept(ckpt_step: int | None, ckpt_path: Path) -> str:
     "What a stopped run leaves to resume from, truthfully."
@@ -293,11 +294,13 @@ def run_environment(out: Path, ckpt_step: int | None, start: int) -> tuple[dict,
     return env, changes, changed
 
 # %% ../nbs/08_trainer.ipynb #05f616d4
-def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: int | None, w: World = World()) -> dict | None:
-    "The training loop of `train`; under torchrun each rank runs it on its slice of every batch, and rank 0 writes."
+def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: int | None, w: World = World(),
+             plan: tuple | None = None) -> dict | None:
+    """The training loop of `train`; under torchrun each rank runs it on its slice of every batch, and rank 0 writes.
+    `plan`: the run's `plan_run`, when the caller has made it."""
     cfg = spec.train
     device, dtype = resolve_device(cfg)
-    seq_len, sampler, budget, identity = plan_run(spec, data)
+    seq_len, sampler, budget, identity = plan or plan_run(spec, data)
     steps, stop = budget.steps, min(budget.steps, until or budget.steps)
     finished = finished_summary(out, identity)
     if finished is not None: return finished

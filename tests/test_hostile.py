@@ -144,3 +144,95 @@ def test_a_second_renderer_waits_for_the_first(reported):
     assert 'What we found' in page and 'half' != page
     json.loads((out / 'report.ipynb').read_text())             # whole, valid JSON
     assert not (out / '.rendering').exists(), "a killed render's scratch folder was not cleaned"
+
+
+# --- 4. relative paths mean the user's folder, everywhere --------------------------------------------------------
+
+def test_a_study_started_outside_the_project_uses_the_users_folder(tmp_path):
+    "Relative --runs-dir, --report-dir and a study file's data.path, with --set (a changed study, so its runs read study.json)."
+    from moe_study.stories import synthetic_stories
+    (tmp_path / 'corpus.txt').write_text('\n\n'.join(synthetic_stories(11, 300, 'train', 0, 3000)))
+    d = mine(); d['data'].update(source='files', path='corpus.txt', train_docs=None, val_docs=None, val_fraction=0.1)
+    study_file(tmp_path, d)
+    res = subprocess.run([sys.executable, '-m', 'moe_study', 'study', '--preset', 'mine.json', '--variants', 'moe',
+                          '--seeds', '0', '--runs-dir', 'rel', '--report-dir', 'rep', '--set', 'max_steps=4',
+                          '--set', 'eval_every=2', '--set', 'sample_tokens=0'], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert '1 run(s) executed' in res.stdout and 'failed' not in res.stdout.replace('0 failed', ''), res.stdout
+    name = next((tmp_path / 'rel').iterdir()).name
+    assert name.startswith('mine-') and (tmp_path / 'rel' / name / 'moe' / 'seed0' / 'summary.json').exists()
+    assert (tmp_path / 'rep' / name / 'index.html').exists() and not (ROOT / 'rel').exists() and not (ROOT / 'rep').exists()
+    declared = json.loads((tmp_path / 'rel' / name / 'study.json').read_text())
+    assert declared['data']['path'] == str(tmp_path / 'corpus.txt')            # resolved once, before any run
+
+
+@pytest.mark.parametrize('argv', [
+    ['train', '--preset', 'smoke', '--variant', 'moe', '--data', ''],
+    ['study', '--preset', 'smoke', '--data', ''],
+    ['data', '--preset', 'smoke', '--data', ' '],
+    ['eval', '--preset', 'smoke', '--data', ''],
+    ['train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', ''],
+])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(argv, tmp_path, capsys):
+    code, _, err = cli(*argv)
+    err += capsys.readouterr().err                              # argparse writes its refusals to the real stderr
+    assert code == 2 and 'an empty path (an unset shell variable?)' in err, err
+    no_traceback(err)
+
+
+def test_a_path_for_the_synthetic_source_is_refused_not_ignored(tmp_path):
+    code, _, err = cli('params', '--preset', 'smoke', '--set', 'data.path=corpus.txt')
+    assert code == 2 and "is not read by source='synthetic'" in err and '--data PATH' in err, err
+
+
+# --- 5. exit 2 writes nothing, and nothing is left behind ---------------------------------------------------------
+
+REFUSED_RUNS = {
+    'context longer than the corpus': (['--set', 'model.context_len=100000'], "less than one window of 100001"),
+    'sequence longer than the context': (['--set', 'seq_len=100'], "seq_len=100 exceeds the model's context_len=64"),
+    'eval_tokens below one window': (['--set', 'data.eval_tokens=10'], "eval_tokens=10 is less than one validation window of 65"),
+    'a batch larger than the data': (['--set', 'batch_size=100000'], "fewer than one batch of 100000"),
+}
+
+
+@pytest.mark.parametrize('command', ['train', 'study'])
+@pytest.mark.parametrize('case', list(REFUSED_RUNS))
+def test_a_run_that_cannot_fit_its_data_is_refused_before_anything_is_written(case, command, tmp_path):
+    extra, message = REFUSED_RUNS[case]
+    argv = (['train', '--variant', 'moe', '--quiet'] if command == 'train' else
+            ['study', '--variants', 'moe', '--seeds', '0', '--report-dir', tmp_path / 'report'])
+    code, _, err = cli(*argv, '--preset', 'smoke', '--runs-dir', tmp_path / 'runs', *extra)
+    assert code == 2 and message in err, err
+    no_traceback(err)
+    assert not (tmp_path / 'runs').exists() and not (tmp_path / 'report').exists(), "a refusal left files behind"
+
+
+def test_a_granularity_that_does_not_divide_the_experts_is_refused_before_anything_is_written(tmp_path):
+    code, _, err = cli('study', '--preset', study_file(tmp_path, mine(variants=variants(variant(granularity=3)))),
+                       '--runs-dir', tmp_path / 'runs', '--report-dir', tmp_path / 'report')
+    assert code == 2 and 'granularity=3 needs an MoE whose d_expert (176) it divides; choose one that does (2, 4, 8' in err, err
+    assert not (tmp_path / 'runs').exists()
+
+
+def dead_process_mark() -> str:
+    "The `@<host>-<pid>` of a process of this machine that has exited."
+    import platform
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    return f"@{platform.node()}-{int(dead.stdout)}"
+
+
+def test_scratch_of_a_killed_cache_build_is_cleaned_on_the_next_build(tmp_path):
+    from moe_study.data import build_cache
+    cache, mark = tmp_path / 'cache', dead_process_mark()
+    for left in (f".building-abc{mark}", f".old-abc{mark}"): (cache / left).mkdir(parents=True)
+    build_cache(get_preset('smoke').data, 512, cache)
+    assert [p.name for p in cache.iterdir() if p.name.startswith('.')] == [], "a killed build's scratch stayed"
+
+
+def test_scratch_of_a_killed_export_is_cleaned_on_the_next_export(reported, tmp_path):
+    pytest.importorskip('transformers')
+    _, runs, _, _ = reported
+    left = tmp_path / f".hf.exporting{dead_process_mark()}"; left.mkdir()
+    code, _, err = cli('export', runs / 'mine' / 'moe' / 'seed0', tmp_path / 'hf')
+    assert code == 0 and (tmp_path / 'hf' / 'config.json').exists(), err
+    assert not left.exists(), "a killed export's scratch stayed"
