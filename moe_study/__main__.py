@@ -9,6 +9,7 @@ import os
 import json
 import signal
 import sys
+import warnings
 from pathlib import Path
 from .config import ConfigError
 from .environment import pin_kernels
@@ -21,7 +22,7 @@ from .fileio import Busy, os_error_message
 from .bench import benchmark, format_benchmark
 from .checkpoint import TrainingError
 from .identity import run_dir, runs_root
-from .trainer import train
+from .trainer import ALLOW_CODE_CHANGE_ENV, train
 from .sweep import LAUNCHERS, Launcher, run_study
 from .tuning import choose, load_tuning_runs
 from .tracking import TRACKER_ENV, tracker_names
@@ -66,10 +67,13 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 def add_tracker_argument(p) -> None:
-    "`--tracker`: where the runs' live metrics go besides metrics.jsonl (chapter 08a)."
+    "`--tracker`: where the runs' live metrics go besides metrics.jsonl (chapter 08a); and `--allow-code-change`."
     p.add_argument('--tracker', default=None, metavar='NAMES',
                    help="live metrics: tensorboard (the default), wandb, trackio, several comma-separated, or none; "
                         "sets MOE_STUDY_TRACKER for every process of the run or study")
+    p.add_argument('--allow-code-change', action='store_true',
+                   help="resume a run the package's code has changed under since it started (refused otherwise); its "
+                        "config.json records every version it trained under")
 
 def study_from_args(args) -> Study:
     "The study the command line names: the preset, changed by --data and --set."
@@ -236,11 +240,13 @@ def add_export_command(sub) -> None:
                                    "and generation config. Needs moe_study[hf].")
     p.add_argument('run_dir', type=path_argument, metavar='RUN_DIR', help="a run directory, runs/<study>/<variant>/seed<k>")
     p.add_argument('out_dir', type=path_argument, metavar='OUT_DIR', help="the folder to write (must not exist)")
+    p.add_argument('--allow-incomplete', action='store_true',
+                   help="export a run that has not finished (its last checkpoint; refused otherwise)")
     p.set_defaults(run=run_export)
 
 def run_export(args) -> int:
     from .export import export_run
-    out = export_run(args.run_dir, args.out_dir)
+    out = export_run(args.run_dir, args.out_dir, args.allow_incomplete)
     print(f"{out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
 
@@ -334,15 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _interrupt(signum, frame): raise KeyboardInterrupt
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    "A warning as the command line shows it: one line, without the source line it came from."
+    return f"warning: {message}\n"
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; returns the exit status: 2 for bad input, 1 when a run or a report cannot go on, 130 when
     interrupted (Ctrl-C or SIGTERM); the reason on stderr, in one line."""
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _warning_line
     try: previous = signal.signal(signal.SIGTERM, _interrupt)     # SIGTERM stops cleanly, like Ctrl-C
     except ValueError: previous = None                            # not the main thread: leave signals alone
     try:
         if getattr(args, 'tracker', None) is not None:          # checked, then inherited by every process of the run
             tracker_names(args.tracker); os.environ[TRACKER_ENV] = args.tracker
+        if getattr(args, 'allow_code_change', False): os.environ[ALLOW_CODE_CHANGE_ENV] = '1'
         return args.run(args)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

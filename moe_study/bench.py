@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .config import ConfigError, TrainConfig, positive_int
-from .studies import Study, study_with
+from .studies import STUDIES, Study, study_with
 from .device import cpu_threads, measure_matmul_peak, peak_flops, resolve_device, run_threads
 from .model import Decoder
 from .params import flops_per_token, match_dense
@@ -31,6 +31,10 @@ def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compi
         raise ConfigError(f"steps={steps!r}: must be a positive integer (the timed steps per model)")
     device, _ = resolve_device(TrainConfig())
     preset = study_with(preset or ('tinystories' if device.type == 'cuda' else 'cpu'), None, overrides)
+    if not preset.model.is_moe:
+        raise ConfigError(f"bench times {preset.name}'s reference as the MoE against a dense model matched to its active "
+                          f"parameters, but that reference is dense (ffn={preset.model.ffn!r}); bench a study whose reference "
+                          f"is an MoE: {', '.join(n for n, s in STUDIES.items() if s.model.is_moe)}")
     cfg = preset.train if threads is None else preset.train.replace(threads=threads)   # validates `threads`
     if compile is not None: cfg = cfg.replace(compile=compile)
     tune_allocator()                                  # as every training process (chapter 07c)

@@ -96,16 +96,21 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
     return state
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only the metrics records up to `last_step` (atomically). A last line torn by a kill is dropped;
-    a damaged line before it is an error naming it."""
-    if not path.exists(): return
-    lines = [l for l in path.read_text().splitlines() if l.strip()]
+    """Keep only the metrics records up to `last_step`, the step of the checkpoint a run resumes from (atomically). A last
+    line torn by a kill is dropped; a damaged line before it is an error naming it, and so is a log that is missing or
+    does not begin at step 0 (the curves before the checkpoint are lost: a resume would report part of a run)."""
+    lines = [l for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
     records = []
     for n, line in enumerate(lines, 1):
         try: records.append((json.loads(line), line))
         except json.JSONDecodeError:
             if n == len(lines): break
             raise TrainingError(f"{path}:{n} is not a JSON record; repair or delete that line, then run again") from None
+    if not any(r.get('step') == 0 for r, _ in records):
+        raise TrainingError(f"{path} {'does not begin at step 0' if path.exists() else 'is missing'}, but the run's "
+                            f"checkpoint is at step {last_step}: its curves up to that step are lost, and a resumed run "
+                            f"would report only what follows. Restore metrics.jsonl, or delete {path.parent} to train the "
+                            "run again")
     write_text_atomic(path, ''.join(line + '\n' for r, line in records if r['step'] <= last_step))
 
 def resume(path: Path, identity: dict, model, optimizer, device) -> tuple[int, dict | None, float]:

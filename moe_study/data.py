@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_data.ipynb #b05cf3c5
 from __future__ import annotations
-import functools, hashlib, io, itertools, json, multiprocessing, os, re, shutil, sys, time
+import functools, hashlib, io, itertools, json, multiprocessing, os, re, shutil, sys, time, warnings
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -76,15 +76,33 @@ def synthetic_corpus(cfg: DataConfig) -> Corpus:
 TEXT_SUFFIXES = ('.txt', '.jsonl', '.parquet')
 
 def _data_files(path: str | Path) -> list[Path]:
+    """The corpus files at `path`: the file itself, or every .txt / .jsonl / .parquet file in the folder and its
+    sub-folders (extensions in any case; hidden files and folders, and links to folders, not followed), in a fixed
+    order. A folder's other files are skipped with a warning that lists them."""
     p = Path(path).expanduser()
     if not p.exists():
+        if os.path.lexists(p):
+            raise DataError(f"data path {str(p)!r} is a symbolic link that leads nowhere (broken, or a loop); point "
+                            "DataConfig.path at the corpus itself")
         raise DataError(f"data path {str(p)!r} does not exist; set DataConfig.path to a {'/'.join(TEXT_SUFFIXES)} "
                         "file or a folder of them")
-    files = sorted(f for f in p.iterdir() if f.suffix in TEXT_SUFFIXES) if p.is_dir() else [p]
+    if not p.is_dir():
+        if p.suffix.lower() not in TEXT_SUFFIXES:
+            raise DataError(f"cannot read {p.name!r}: supported files are {', '.join(TEXT_SUFFIXES)}")
+        return [p]
+    found = []
+    for folder, subfolders, names in os.walk(p):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith('.'))
+        found += [Path(folder) / n for n in sorted(names) if not n.startswith('.')]
+    files = [f for f in found if f.suffix.lower() in TEXT_SUFFIXES and f.exists()]
+    skipped = [str(f.relative_to(p)) + ('' if f.exists() else ' (a link that leads nowhere)') for f in found if f not in files]
     if not files:
-        raise DataError(f"no {', '.join(TEXT_SUFFIXES)} files in {str(p)!r}; point DataConfig.path at your text files")
-    bad = [f.name for f in files if f.suffix not in TEXT_SUFFIXES]
-    if bad: raise DataError(f"cannot read {bad[0]!r}: supported files are {', '.join(TEXT_SUFFIXES)}")
+        raise DataError(f"no {', '.join(TEXT_SUFFIXES)} files in {str(p)!r} or its sub-folders"
+                        + (f" (it holds {', '.join(skipped[:5])}{', …' if len(skipped) > 5 else ''})" if skipped else '')
+                        + "; point DataConfig.path at your text files")
+    if skipped:
+        warnings.warn(f"{p}: skipped {len(skipped)} file(s) that are not {', '.join(TEXT_SUFFIXES)} files: "
+                      f"{', '.join(skipped[:10])}{', …' if len(skipped) > 10 else ''}", stacklevel=2)
     return files
 
 def _read_text(f: Path) -> str:
@@ -133,12 +151,12 @@ def _read_parquet(f: Path, field: str) -> list[str]:
                         "write it again, or remove it from the corpus") from None
     return [t for t in column if t is not None]
 
-def read_documents(path: str | Path, text_field: str = 'text') -> list[str]:
-    "Every non-empty document in the file or folder `path`."
+def read_documents(path: str | Path, text_field: str = 'text', files: list[Path] | None = None) -> list[str]:
+    "Every non-empty document in the file or folder `path` (in `files`, its `_data_files`, when given)."
     docs = []
-    for f in _data_files(path):
-        if f.suffix == '.txt': docs += _read_txt(f)
-        elif f.suffix == '.jsonl': docs += _read_jsonl(f, text_field)
+    for f in files if files is not None else _data_files(path):
+        if f.suffix.lower() == '.txt': docs += _read_txt(f)
+        elif f.suffix.lower() == '.jsonl': docs += _read_jsonl(f, text_field)
         else: docs += _read_parquet(f, text_field)
     return [d for d in docs if d.strip()]
 
@@ -146,25 +164,29 @@ def is_validation(doc: str, val_fraction: float) -> bool:
     "Hold a document out when the first 8 bytes of its SHA-1, as a fraction of 2^64, fall below `val_fraction`."
     return int.from_bytes(hashlib.sha1(doc.encode('utf-8')).digest()[:8], 'big') < val_fraction * 2 ** 64
 
-def _file_digest(files: list[Path]) -> str:
+def _file_digest(files: list[Path], root: Path) -> str:
+    "The SHA-256 of the files' paths under `root` (a file's own name when `root` is that file) and bytes."
     h = hashlib.sha256()
     for f in files:
-        h.update(f.name.encode()); h.update(f.read_bytes())
+        h.update(str(f.relative_to(root) if root.is_dir() else f.name).encode()); h.update(f.read_bytes())
     return h.hexdigest()
 
 def files_corpus(cfg: DataConfig) -> Corpus:
     files = _data_files(cfg.path)
-    docs = read_documents(cfg.path, cfg.text_field)
+    docs = read_documents(cfg.path, cfg.text_field, files)
     if not docs: raise DataError(f"no documents in {cfg.path}: the files hold no text; point DataConfig.path at your corpus")
     val = [d for d in docs if is_validation(d, cfg.val_fraction)][:cfg.val_docs]
     train = [d for d in docs if not is_validation(d, cfg.val_fraction)][:cfg.train_docs]
     if not val:
-        raise DataError(f"no document was held out for validation ({len(docs)} documents, val_fraction="
-                        f"{cfg.val_fraction}); raise DataConfig.val_fraction or add documents")
+        distinct = len(set(docs))
+        raise DataError(f"no document was held out for validation ({len(docs)} documents, val_fraction={cfg.val_fraction}); "
+                        + ("raise DataConfig.val_fraction or add documents" if distinct > len(docs) // 2 else
+                           f"only {distinct} of them differ, and identical documents are held out together or not at all: "
+                           "add distinct documents (is the file split into documents by blank lines?)"))
     if not train:
         raise DataError(f"every one of the {len(docs)} documents was held out for validation; lower DataConfig.val_fraction")
     return Corpus(f"{len(files)} local file(s) at {cfg.path}", lambda: _chunked(train), lambda: _chunked(val),
-                  {'train': len(train), 'val': len(val)}, {'files_sha256': _file_digest(files)})
+                  {'train': len(train), 'val': len(val)}, {'files_sha256': _file_digest(files, Path(cfg.path).expanduser())})
 
 # %% ../nbs/03_data.ipynb #75db8091
 def load_tinystories(path: str | None = None):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_export.ipynb #30eb95f6
 from __future__ import annotations
-import glob, importlib.util, json, os, shutil
+import glob, importlib.util, json, os, shutil, warnings
 from pathlib import Path
 import torch
 from .config import ROUTERS, ConfigError, ModelConfig
@@ -99,14 +99,22 @@ def run_tokenizer_file(identity: dict, cache_key: str) -> Path:
         raise ConfigError(f"{path} is not the tokenizer the run trained with (its SHA-256 differs); {fix}")
     return path
 
-def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, allow_incomplete: bool = False) -> Path:
     """Write the run in `run_dir` as a transformers model folder `out_dir` (Llama or Mixtral, safetensors, the
-    tokenizer, a generation config). Refuses, naming why, a model the target class cannot hold."""
+    tokenizer, a generation config). Refuses, naming why, a model the target class cannot hold, and a run that has not
+    finished unless `allow_incomplete` (then its last checkpoint's step is said and recorded)."""
     if importlib.util.find_spec('transformers') is None:
         raise ConfigError("export needs transformers: pip install 'moe_study[hf]' (make install installs it)")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists(): raise ConfigError(f"{out_dir} exists; export writes a new folder: name another, or delete it")
     model, identity, step = run_model(run_dir)         # verified; a checkpoint from before routers were parts is mapped on load
+    if not (run_dir / 'summary.json').exists():
+        if not allow_incomplete:
+            raise ConfigError(f"{run_dir} has not finished: its last checkpoint is at step {step} of {identity['steps']}; "
+                              "finish it (run it again: it resumes), or pass --allow-incomplete to export step "
+                              f"{step}'s weights")
+        warnings.warn(f"exporting {run_dir} at step {step} of {identity['steps']}: the run has not finished "
+                      "(moe_study_export.json records the step)", stacklevel=2)
     cfg = model.cfg
     refusals = export_refusals(model)
     if refusals: raise ConfigError(f"{run_dir} cannot be exported to transformers: {'; '.join(refusals)}")

@@ -40,11 +40,12 @@ def held_out(path: str | Path, tokenizer, text_field: str = 'text') -> HeldOut:
         raise ConfigError("--data is empty (an unset shell variable?): name the corpus file or folder to evaluate on")
     path = Path(path).expanduser().resolve()
     if not path.exists(): raise ConfigError(f"{path} does not exist: give --data a .txt, .jsonl or .parquet file, or a folder of them")
-    docs = read_documents(path, text_field)
+    files = _data_files(path)
+    docs = read_documents(path, text_field, files)
     if not docs: raise DataError(f"no documents in {path}: its files hold no text")
     ids = tokenizer.encode(docs)
     tokens = np.fromiter((t for d in ids for t in (*d, EOS_ID)), dtype=np.uint16, count=sum(map(len, ids)) + len(ids))
-    name = f"{path.stem}-{_file_digest(_data_files(path))[:8]}"
+    name = f"{path.stem}-{_file_digest(files, path)[:8]}"
     return HeldOut(name, str(path), len(docs), tokens, sum(len(d.encode('utf-8')) for d in docs))
 
 # %% ../nbs/10b_heldout.ipynb #26336ee8

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07b_identity.ipynb #a693c383
 from __future__ import annotations
-import json, platform, subprocess
+import functools, hashlib, json, platform, subprocess, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -17,7 +17,7 @@ from .params import Budget, count_params, flops_per_token, run_budget, variant_c
 from .studies import Study, study_with
 
 # %% auto #0
-__all__ = ['runs_root', 'lr_label', 'run_dir', 'git_commit', 'RunSpec', 'resolve_run', 'run_identity', 'plan_run',
+__all__ = ['runs_root', 'lr_label', 'run_dir', 'code_version', 'git_commit', 'RunSpec', 'resolve_run', 'run_identity', 'plan_run',
            'finished_summary', 'describe_run']
 
 # %% ../nbs/07b_identity.ipynb #b389e60d
@@ -30,6 +30,15 @@ def run_dir(study: str, variant: str, seed: int, root: Path | None = None, lr: f
     runs/<study>/_tune/<variant>/lr<lr>/seed<k>/ (chapter 10a)."""
     base = Path(root or runs_root()) / study
     return (base / variant if lr is None else base / '_tune' / variant / lr_label(lr)) / f"seed{seed}"
+
+@functools.cache
+def code_version() -> dict:
+    """The package code this process runs: the SHA-256 of moe_study's source files (what a resume must match; edits
+    not yet committed count) and the git commit (None outside a checkout)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(moe_study.__file__).parent.glob('*.py')):
+        if f.name != '_modidx.py': h.update(f.name.encode()); h.update(f.read_bytes())
+    return {'source_sha256': h.hexdigest(), 'git_commit': git_commit()}
 
 def git_commit() -> str | None:
     try:
@@ -81,6 +90,10 @@ def plan_run(spec: RunSpec, data: TokenCache) -> tuple[int, BatchSampler, Budget
     val_windows(len(data.tokens('val')), seq_len, spec.preset.data.eval_tokens)    # refused now, not at the first evaluation
     train_tokens = data.tokens('train')
     budget = run_budget(spec.preset, spec.variant, split_windows=(len(train_tokens) - 1) // seq_len)
+    if spec.train.warmup_steps >= budget.steps:
+        warnings.warn(f"warmup_steps={spec.train.warmup_steps} is not shorter than the run ({budget.steps} steps): its learning "
+                      f"rate peaks at {budget.steps / spec.train.warmup_steps:.1%} of lr={spec.train.lr:g} and never decays; "
+                      f"set warmup_steps below {budget.steps}", stacklevel=2)
     sampler = BatchSampler(train_tokens, seq_len, spec.train.batch_size, spec.seed, pool=budget.pool)
     return seq_len, sampler, budget, run_identity(spec, data, budget)
 

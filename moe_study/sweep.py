@@ -401,6 +401,10 @@ def render_report(study: Study, runs: Path | None = None, reports: Path | None =
                 raise ReportRefused(f"no complete run of study {study.name} in {runs / study.name}; train them first with "
                                     f"`python -m moe_study study --preset {study.name}`")
             require_fair(pd.DataFrame(results['audit'], columns=AUDIT_COLUMNS))
+            stale = [f for f in failed or [] if Path(f['path']) in set(map(Path, load_runs(study.name, runs)[0].path))]
+            if stale:       # a finished run this study refused (another corpus, another recipe): not its result
+                raise ReportRefused(f"the finished run in {stale[0]['path']} is not the run this study asks for "
+                                    f"({stale[0]['error']}); a report would show it as this study's result")
             write_study(study, runs)
             pm.execute_notebook(str(notebook('report.ipynb')), str(scratch / 'report.ipynb'), cwd=str(project_root()),
                                 parameters={'preset': study_argument(study, runs), 'runs_dir': str(runs), 'report_dir': str(scratch)},

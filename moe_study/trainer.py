@@ -19,16 +19,16 @@ from .environment import compute_environment, cpp_compiler, describe_path, envir
 from .device import World, autocast, cpu_threads, peak_flops, process_group, resolve_device, run_threads
 from .fileio import exclusive, naming, write_atomic, write_json_atomic
 from .tracking import Trackers, tracker_names
-from .identity import RunSpec, describe_run, finished_summary, plan_run, resolve_run, run_dir
+from .identity import RunSpec, code_version, describe_run, finished_summary, plan_run, resolve_run, run_dir
 from .model import Decoder, DecoderOutput
 from .params import flops_per_token
 from .studies import Study
 
 # %% auto #0
-__all__ = ['SEQUENCE_FILES', 'LAUNCHER_ENV', 'TIMING_FIELDS', 'make_optimizer', 'lr_at', 'evaluate', 'NonFiniteLoss',
-           'forward_backward', 'train_step', 'graph_breaks', 'compile_step', 'compile_blocker', 'step_function',
-           'sample_stories', 'RunWriter', 'LauncherWatch', 'train', 'validate', 'train_record', 'run_environment',
-           'run_loop', 'read_metrics']
+__all__ = ['SEQUENCE_FILES', 'LAUNCHER_ENV', 'ALLOW_CODE_CHANGE_ENV', 'TIMING_FIELDS', 'make_optimizer', 'lr_at', 'evaluate',
+           'NonFiniteLoss', 'forward_backward', 'train_step', 'graph_breaks', 'compile_step', 'compile_blocker',
+           'step_function', 'sample_stories', 'RunWriter', 'LauncherWatch', 'train', 'validate', 'train_record',
+           'code_history', 'run_environment', 'run_loop', 'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #bbbc1f00
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -274,6 +274,29 @@ def train_record(model: Decoder, o: DecoderOutput, grad_norm: torch.Tensor, step
     return rec
 
 # %% ../nbs/08_trainer.ipynb #a44b68b8
+ALLOW_CODE_CHANGE_ENV = 'MOE_STUDY_ALLOW_CODE_CHANGE'      # '1': resume a run under other code, and record it
+
+def code_history(out: Path, ckpt_step: int | None, start: int) -> list[dict]:
+    """The code versions a run has trained under, each from the step it started at: this process's `code_version` from
+    step 0, or appended to the record in config.json when a resume runs other code. Such a resume is a `TrainingError`
+    (its numbers would mix two versions of the package) unless MOE_STUDY_ALLOW_CODE_CHANGE=1."""
+    now = {'step': start, **code_version()}
+    before = []
+    if ckpt_step is not None:
+        try: before = json.loads((out / 'config.json').read_text()).get('code_history') or []
+        except (OSError, ValueError, AttributeError): pass
+    if not before: return [now]                     # a new run, or one from before this record
+    was = before[-1]
+    if was['source_sha256'] == now['source_sha256']: return before
+    if os.environ.get(ALLOW_CODE_CHANGE_ENV) != '1':
+        raise TrainingError(f"refusing to resume {out} at step {start}: it trained under other code (moe_study source "
+                            f"{was['source_sha256'][:12]}, commit {(was['git_commit'] or 'unknown')[:12]}) than this process "
+                            f"runs (source {now['source_sha256'][:12]}, commit {(now['git_commit'] or 'unknown')[:12]}), so "
+                            "its numbers would mix two versions. Resume it with the code it started with, delete it to "
+                            "train it again, or pass --allow-code-change to resume anyway (config.json records both)")
+    print(f"{out}: resumed at step {start} under other code (source {now['source_sha256'][:12]}); config.json records both")
+    return before + [now]
+
 def run_environment(out: Path, ckpt_step: int | None, start: int) -> tuple[dict, list, dict]:
     """This process's compute environment (chapter 07c), the run's kernel-path changes so far with this one's if a
     resume moved it (step, fields), and that change ({} if none). Warns when the kernels asked for are not in effect."""
@@ -317,11 +340,10 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
         ckpt_step = start
     peak = peak_flops(device, dtype)
     env, changes, changed = run_environment(out, ckpt_step, start)
+    code = code_history(out, ckpt_step, start)
     # data parallel: gradients averaged over ranks; buffers stay per rank (routers sum what they need, chapter 03a)
     parallel = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if w.size > 1 else model
     fwd_bwd, compiled = step_function(parallel, cfg.compile, device, dtype)
-    writer.config({**describe_run(spec, data, identity, budget, device, dtype, peak), 'world_size': w.size,
-                   'compiled': compiled, 'environment': env, 'environment_changes': changes})
     flops_tok, tokens_step = flops_per_token(spec.model), cfg.batch_size * seq_len
     rows = slice(w.rank * cfg.batch_size // w.size, (w.rank + 1) * cfg.batch_size // w.size)   # this rank's slice
 
@@ -331,6 +353,9 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
     run_start = time.perf_counter() - elapsed
     t_last, step_last = time.perf_counter(), start
     with writer.open(start if ckpt_step is not None else None), naming(writer.metrics), bar, LauncherWatch() as watch:
+        writer.config({**describe_run(spec, data, identity, budget, device, dtype, peak), 'world_size': w.size,
+                       'compiled': compiled, 'environment': env, 'environment_changes': changes,
+                       'code_history': code})                   # once the log is checked: a refusal changes nothing
         if changed: writer.record({'step': start, 'split': 'environment', 'changed': changed})
         if start == 0: best = validate(model, data, spec, seq_len, 0, steps, best, writer, device, dtype)
         for step in range(start, stop):

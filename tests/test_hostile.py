@@ -155,7 +155,7 @@ def test_a_study_started_outside_the_project_uses_the_users_folder(tmp_path):
     d = mine(); d['data'].update(source='files', path='corpus.txt', train_docs=None, val_docs=None, val_fraction=0.1)
     study_file(tmp_path, d)
     res = subprocess.run([sys.executable, '-m', 'moe_study', 'study', '--preset', 'mine.json', '--variants', 'moe',
-                          '--seeds', '0', '--runs-dir', 'rel', '--report-dir', 'rep', '--set', 'max_steps=4',
+                          '--seeds', '0', '--runs-dir', 'rel', '--report-dir', 'rep', '--set', 'max_steps=4', '--set', 'warmup_steps=1',
                           '--set', 'eval_every=2', '--set', 'sample_tokens=0'], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert '1 run(s) executed' in res.stdout and 'failed' not in res.stdout.replace('0 failed', ''), res.stdout
@@ -236,3 +236,102 @@ def test_scratch_of_a_killed_export_is_cleaned_on_the_next_export(reported, tmp_
     code, _, err = cli('export', runs / 'mine' / 'moe' / 'seed0', tmp_path / 'hf')
     assert code == 0 and (tmp_path / 'hf' / 'config.json').exists(), err
     assert not left.exists(), "a killed export's scratch stayed"
+
+
+# --- 6. results that were silently wrong ---------------------------------------------------------------------------
+
+from test_faults import half_run, run_copy, resume  # noqa: E402  (the half-finished run fixtures of round one)
+
+
+def test_a_resume_under_changed_code_is_refused_unless_allowed(run_copy, monkeypatch):
+    import moe_study.trainer as trainer
+    from moe_study.trainer import ALLOW_CODE_CHANGE_ENV
+    runs, run = run_copy
+    monkeypatch.delenv(ALLOW_CODE_CHANGE_ENV, raising=False)
+    started = json.loads((run / 'config.json').read_text())['code_history']
+    assert [c['step'] for c in started] == [0] and len(started[0]['source_sha256']) == 64
+    monkeypatch.setattr(trainer, 'code_version', lambda: {'source_sha256': 'f' * 64, 'git_commit': 'e' * 40})
+    before = snapshot(run)
+    code, _, err = resume(runs)
+    assert code == 1 and 'it trained under other code' in err and '--allow-code-change' in err, err
+    no_traceback(err)
+    assert snapshot(run) == before
+    code, out, err = resume(runs, '--allow-code-change')
+    assert code == 0, err
+    history = json.loads((run / 'config.json').read_text())['code_history']
+    assert [c['step'] for c in history] == [0, 3] and history[1]['source_sha256'] == 'f' * 64
+
+
+@pytest.mark.parametrize('damage', ['deleted', 'begun again'])
+def test_a_resume_whose_metrics_were_lost_is_refused(run_copy, damage):
+    runs, run = run_copy
+    log = run / 'metrics.jsonl'
+    if damage == 'deleted': log.unlink()
+    else: log.write_text('\n'.join(l for l in log.read_text().splitlines() if json.loads(l)['step'] > 0) + '\n')
+    before = snapshot(run)
+    code, _, err = resume(runs)
+    assert code == 1 and 'its curves up to that step are lost' in err and 'checkpoint is at step 3' in err, err
+    no_traceback(err)
+    assert snapshot(run) == before
+
+
+def test_exporting_an_unfinished_run_is_refused_unless_allowed(run_copy, tmp_path):
+    pytest.importorskip('transformers')
+    runs, run = run_copy
+    code, _, err = cli('export', run, tmp_path / 'hf')
+    assert code == 2 and 'has not finished: its last checkpoint is at step 3 of 6' in err and '--allow-incomplete' in err, err
+    assert not (tmp_path / 'hf').exists()
+    with pytest.warns(UserWarning, match='at step 3 of 6: the run has not finished'):
+        code, _, err = cli('export', run, tmp_path / 'hf', '--allow-incomplete')
+    assert code == 0, err
+    assert json.loads((tmp_path / 'hf' / 'moe_study_export.json').read_text())['step'] == 3
+
+
+def test_bench_refuses_a_study_whose_reference_is_dense():
+    code, _, err = cli('bench', '--preset', 'equal_cpu', '--steps', '1')
+    assert code == 2 and "that reference is dense (ffn='dense')" in err and 'cpu' in err, err
+
+
+def test_a_folder_corpus_reads_any_case_and_sub_folders_and_lists_what_it_skipped(tmp_path):
+    from moe_study.data import read_documents
+    (tmp_path / 'sub').mkdir(); (tmp_path / '.git').mkdir()
+    for name, text in [('a.txt', 'alpha'), ('B.TXT', 'bravo'), ('sub/e.txt', 'echo'), ('C.JsonL', '{"text": "charlie"}'),
+                       ('notes.md', 'not read'), ('.git/x.txt', 'hidden')]:
+        (tmp_path / name).write_text(text)
+    (tmp_path / 'loop.txt').symlink_to(tmp_path / 'loop.txt')
+    with pytest.warns(UserWarning, match=r"skipped 2 file\(s\) that are not .txt, .jsonl, .parquet files: "
+                                         r"loop.txt \(a link that leads nowhere\), notes.md"):
+        docs = read_documents(tmp_path)
+    assert docs == ['bravo', 'charlie', 'alpha', 'echo']
+    (tmp_path / 'loop').symlink_to(tmp_path / 'loop')
+    code, _, err = cli('data', '--preset', 'smoke', '--data', tmp_path / 'loop')
+    assert code == 2 and 'is a symbolic link that leads nowhere (broken, or a loop)' in err, err
+
+
+def test_identical_documents_are_named_as_the_reason_nothing_was_held_out(tmp_path):
+    (tmp_path / 'same.jsonl').write_text('{"text": "the same story"}\n' * 500)
+    code, _, err = cli('data', '--preset', 'smoke', '--data', tmp_path / 'same.jsonl')
+    assert code == 2 and 'only 1 of them differ, and identical documents are held out together' in err, err
+
+
+def test_a_warmup_longer_than_the_run_is_warned_of(tmp_path):
+    with pytest.warns(UserWarning, match=r"warmup_steps=50 is not shorter than the run \(6 steps\): .* peaks at 12.0% of lr"):
+        code, _, err = cli('train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', tmp_path, '--quiet',
+                           '--set', 'max_steps=6', '--set', 'warmup_steps=50', '--set', 'sample_tokens=0', '--until', '1')
+    assert code == 0, err
+
+
+def test_a_run_refused_for_a_changed_corpus_is_not_reported_as_the_result(tmp_path):
+    from moe_study.stories import synthetic_stories
+    corpus = tmp_path / 'corpus.txt'
+    corpus.write_text('\n\n'.join(synthetic_stories(11, 300, 'train', 0, 3000)))
+    argv = ['study', '--preset', 'smoke', '--variants', 'moe', '--seeds', '0', '--data', corpus, '--runs-dir', tmp_path / 'runs',
+            '--report-dir', tmp_path / 'report', '--set', 'max_steps=4', '--set', 'warmup_steps=1', '--set', 'eval_every=2',
+            '--set', 'sample_tokens=0', '--set', 'data.val_fraction=0.1']
+    code, _, err = cli(*argv)
+    assert code == 0, err
+    corpus.write_text('\n\n'.join(synthetic_stories(12, 300, 'train', 0, 3000)))      # the same file, other text
+    code, out, err = cli(*argv)
+    assert code == 1 and 'FAILED moe seed 0' in err and 'REPORT FAILED' in err and 'is not the run this study asks for' in err, err
+    page = next((tmp_path / 'report').glob('*/index.html')).read_text()
+    assert 'report refused' in page and 'What we found' not in page
