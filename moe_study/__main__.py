@@ -18,7 +18,7 @@ except ConfigError as e: print(f"error: {e}", file=sys.stderr); sys.exit(2)
 from .studies import STUDIES, Study, study_with, user_path
 from .params import format_param_table, variant_table
 from .data import DataError, benchmark_data, load_data
-from .fileio import Busy, os_error_message
+from .fileio import Busy, DamagedFile, os_error_message
 from .bench import benchmark, format_benchmark
 from .checkpoint import TrainingError
 from .identity import run_dir, runs_root
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (TrainingError, Busy) as e:
+    except (TrainingError, Busy, DamagedFile) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:

@@ -13,7 +13,7 @@ from scipy import stats
 from .config import upgrade_identity
 from .studies import Study, get_preset
 from .params import count_params, variant_config
-from .fileio import config_drift, flatten, project_root
+from .fileio import config_drift, flatten, project_root, read_arrays, read_json
 from .trainer import SEQUENCE_FILES, read_metrics
 from .identity import runs_root
 from .environment import describe_path, kernel_path
@@ -39,7 +39,7 @@ def load_runs(study: str, root: Path | None = None) -> tuple[pd.DataFrame, list[
             warnings.warn(f"skipping {run}: not a run directory (those are named seed<k>)"); continue
         variant, seed = run.parent.name, int(run.name.removeprefix('seed'))
         if (run / 'summary.json').exists():
-            rows.append({**json.loads((run / 'summary.json').read_text()), 'variant': variant, 'seed': seed, 'path': run})
+            rows.append({**read_json(run / 'summary.json'), 'variant': variant, 'seed': seed, 'path': run})
         else:
             reason = 'has a checkpoint, not finished' if (run / 'checkpoint.pt').exists() else 'no checkpoint'
             incomplete.append({'variant': variant, 'seed': seed, 'path': str(run), 'reason': reason})
@@ -54,7 +54,7 @@ def load_metrics(runs: pd.DataFrame) -> pd.DataFrame:
 
 def load_configs(runs: pd.DataFrame) -> dict[tuple[str, int], dict]:
     "Each complete run's config.json, its identity brought up to today's fields (`upgrade_identity`)."
-    configs = {(r.variant, r.seed): json.loads((Path(r.path) / 'config.json').read_text()) for r in runs.itertuples()}
+    configs = {(r.variant, r.seed): read_json(Path(r.path) / 'config.json') for r in runs.itertuples()}
     return {run: {**c, 'identity': upgrade_identity(c['identity'])} for run, c in configs.items()}
 
 # %% ../nbs/10_analysis.ipynb #83f090cd
@@ -101,7 +101,7 @@ def load_sequences(runs: pd.DataFrame, which: str = 'best') -> dict[tuple[str, i
     for r in runs.itertuples():
         f = Path(r.path) / SEQUENCE_FILES[which]
         if f.exists():
-            with np.load(f) as z: out[(r.variant, r.seed)] = (z['loss_sum'], z['tokens'])
+            out[(r.variant, r.seed)] = read_arrays(f, 'loss_sum', 'tokens')
     return out
 
 def multi_bootstrap(sequences: dict, a: str, b: str, seeds: list[int], n_boot: int = 2000, seed: int = 0) -> dict | None:
@@ -345,7 +345,7 @@ def tuning_check(study: Study, root: Path | None, configs: dict[tuple[str, int],
     hashes = {(c['identity']['tokenizer_sha256'], c['identity']['data_sha256']) for c in configs.values()}
     problems = []
     for p in done:
-        name, ident = f"_tune/{p.parent.parent.name}/{p.parent.name}/{p.name}", upgrade_identity(json.loads((p / 'config.json').read_text())['identity'])
+        name, ident = f"_tune/{p.parent.parent.name}/{p.parent.name}/{p.name}", upgrade_identity(read_json(p / 'config.json')['identity'])
         try: declared = {'model': variant_config(study, p.parent.parent.name).to_dict(), 'data': study.data.to_dict(),
                          'train': study.train.replace(lr=ident['train']['lr']).to_dict()}
         except ValueError: problems.append(f"{name}: variant {p.parent.parent.name!r} is not declared"); continue

@@ -14,7 +14,8 @@ from .device import cpu_threads, measure_matmul_peak, peak_flops, resolve_device
 from .model import Decoder
 from .params import flops_per_token, match_dense
 from .environment import INDUCTOR_CACHE_ENV, compute_environment, describe_path, kernel_path, tune_allocator
-from .trainer import compile_blocker, graph_breaks, make_optimizer, step_function, train_step
+from .identity import RunSpec
+from .trainer import check_memory, compile_blocker, graph_breaks, make_optimizer, step_function, train_step
 
 # %% auto #0
 __all__ = ['benchmark', 'compile_times', 'hf_twins', 'hf_train_step', 'format_benchmark']
@@ -37,6 +38,7 @@ def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compi
                           f"is an MoE: {', '.join(n for n, s in STUDIES.items() if s.model.is_moe)}")
     cfg = preset.train if threads is None else preset.train.replace(threads=threads)   # validates `threads`
     if compile is not None: cfg = cfg.replace(compile=compile)
+    check_memory(RunSpec(preset, preset.variant_names[0], 0, preset.model, cfg), cfg.seq_len or preset.model.context_len)
     tune_allocator()                                  # as every training process (chapter 07c)
     with cpu_threads(run_threads(cfg)):
         return _benchmark(preset, cfg, device, steps, warmup, hf)

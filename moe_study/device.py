@@ -7,13 +7,14 @@ from __future__ import annotations
 import os, time
 from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
+import psutil
 import torch
 import torch.distributed as dist
 from .config import ConfigError, TrainConfig
 
 # %% auto #0
-__all__ = ['GPU_PEAK_FLOPS', 'resolve_device', 'autocast', 'run_threads', 'cpu_threads', 'measure_matmul_peak', 'peak_flops',
-           'World', 'world', 'process_group']
+__all__ = ['GPU_PEAK_FLOPS', 'resolve_device', 'autocast', 'run_threads', 'cpu_threads', 'measure_matmul_peak', 'device_memory',
+           'peak_flops', 'World', 'world', 'process_group']
 
 # %% ../nbs/07_device.ipynb #fb978664
 GPU_PEAK_FLOPS = {'H100': {'bf16': 989e12, 'fp32': 495e12}, 'H200': {'bf16': 989e12, 'fp32': 495e12},
@@ -54,6 +55,12 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
         if device.type == 'cuda': torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
+
+def device_memory(device: torch.device) -> tuple[int, str]:
+    "The memory a run on `device` can use, in bytes, and whose it is: the GPU's, or this machine's RAM."
+    if device.type == 'cuda':
+        return torch.cuda.get_device_properties(device).total_memory, f"the {torch.cuda.get_device_name(device)}'s memory"
+    return psutil.virtual_memory().total, "this machine's memory"
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
     "The peak FLOP/s MFU is measured against, and where it comes from."

@@ -8,7 +8,7 @@ import glob, importlib.util, json, os, shutil, warnings
 from pathlib import Path
 import torch
 from .config import ROUTERS, ConfigError, ModelConfig
-from .fileio import cache_root, remove_dead_scratch, scratch_path
+from .fileio import cache_root, read_json, remove_dead_scratch, scratch_path
 from .data import EOS_ID, load_tokenizer
 from .heldout import run_model
 from .model import Decoder
@@ -118,7 +118,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, allow_incomplete: bool 
     cfg = model.cfg
     refusals = export_refusals(model)
     if refusals: raise ConfigError(f"{run_dir} cannot be exported to transformers: {'; '.join(refusals)}")
-    key = json.loads((run_dir / 'config.json').read_text())['data_manifest']['key']
+    key = read_json(run_dir / 'config.json')['data_manifest']['key']
     tokenizer = hf_tokenizer(run_tokenizer_file(identity, key))
 
     from transformers import GenerationConfig, LlamaForCausalLM, MixtralForCausalLM

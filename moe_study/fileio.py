@@ -10,7 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['write_atomic', 'write_text_atomic', 'strict_json', 'write_json_atomic', 'Busy', 'exclusive', 'scratch_path',
-           'remove_dead_scratch', 'os_error_message', 'naming', 'flatten', 'config_drift', 'project_root', 'cache_root']
+           'remove_dead_scratch', 'DamagedFile', 'run_file_fix', 'read_json', 'read_arrays', 'os_error_message',
+           'naming', 'flatten', 'config_drift', 'project_root', 'cache_root']
 
 # %% ../nbs/01_fileio.ipynb #a9808712
 def write_atomic(path: Path, write) -> None:
@@ -83,6 +84,27 @@ def remove_dead_scratch(folder: Path, pattern: str = '*') -> list[Path]:
         if host == platform.node() and pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(p, ignore_errors=True); removed.append(p)
     return removed
+
+# %% ../nbs/01_fileio.ipynb #b67e6e4c
+class DamagedFile(ValueError):
+    "A file a run wrote cannot be read; the message names it and what to do."
+
+def run_file_fix(path: Path) -> str:
+    return f"restore it from a copy, or delete {Path(path).parent} to train that run again"
+
+def read_json(path: Path, fix: str | None = None):
+    "The JSON in `path`; `DamagedFile` naming it and `fix` (by default a run file's) when it cannot be parsed."
+    try: return json.loads(Path(path).read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DamagedFile(f"{path} is damaged ({e}); {fix or run_file_fix(path)}") from None
+
+def read_arrays(path: Path, *names: str) -> tuple:
+    "The arrays `names` of the .npz file `path`; `DamagedFile` naming it when it cannot be read."
+    import numpy as np, zipfile
+    try:
+        with np.load(path) as z: return tuple(z[n] for n in names)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {e}); {run_file_fix(path)}") from None
 
 # %% ../nbs/01_fileio.ipynb #3e428d02
 _FIXES = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space (your quota is full)",

@@ -13,7 +13,7 @@ import torch
 from .config import ConfigError, ModelConfig, config_from_dict, upgrade_identity
 from .checkpoint import load_checkpoint
 from .data import EOS_ID, DataError, _data_files, _file_digest, read_documents
-from .fileio import write_atomic, write_json_atomic
+from .fileio import read_arrays, read_json, write_atomic, write_json_atomic
 from .model import Decoder
 from .studies import Study
 from .trainer import evaluate
@@ -89,12 +89,11 @@ def heldout_results(study: Study, runs: pd.DataFrame) -> dict:
     rows, sequences = {}, {}
     for r in runs.itertuples():
         for f in sorted((Path(r.path) / HELDOUT_DIR).glob('*.json')):
-            x = json.loads(f.read_text())
+            x = read_json(f, "restore it from a copy, or delete it and evaluate the run again (eval)")
             rows.setdefault(x['name'], []).append({'variant': r.variant, 'seed': r.seed, 'best_val_loss': x['loss'],
                                                    'best_val_bpb': x['bpb'], 'about': x})
             if f.with_suffix('.npz').exists():
-                with np.load(f.with_suffix('.npz')) as z:
-                    sequences.setdefault(x['name'], {})[(r.variant, r.seed)] = (z['loss_sum'], z['tokens'])
+                sequences.setdefault(x['name'], {})[(r.variant, r.seed)] = read_arrays(f.with_suffix('.npz'), 'loss_sum', 'tokens')
     out = {}
     for name, rs in rows.items():
         frame = pd.DataFrame(rs)

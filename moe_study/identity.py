@@ -12,7 +12,7 @@ import moe_study
 from .checkpoint import TrainingError
 from .config import ConfigError, MAX_SEED, ModelConfig, TrainConfig, upgrade_identity, valid_seed
 from .data import BatchSampler, TokenCache, val_windows
-from .fileio import config_drift, project_root
+from .fileio import config_drift, project_root, read_json
 from .params import Budget, count_params, flops_per_token, run_budget, variant_config, variant_match
 from .studies import Study, study_with
 
@@ -109,7 +109,7 @@ def finished_summary(out: Path, identity: dict) -> dict | None:
     if drift:
         raise TrainingError(f"{out} holds a finished run of another configuration ({'; '.join(drift)}); it is not "
                             "the run asked for. Ask for that run's settings, or move its directory away to train this one")
-    return json.loads((Path(out) / 'summary.json').read_text())
+    return read_json(Path(out) / 'summary.json')
 
 def describe_run(spec: RunSpec, data: TokenCache, identity: dict, budget: Budget, device, dtype,
                  peak: tuple[float, str]) -> dict:

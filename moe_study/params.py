@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_params.ipynb #d608e595
 from __future__ import annotations
-import math
+import functools, math
 from dataclasses import dataclass
 import torch
 from typing import TYPE_CHECKING
@@ -12,8 +12,8 @@ from .config import MATCH_TARGETS, ConfigError, ModelConfig
 if TYPE_CHECKING: from moe_study.studies import Study
 
 # %% auto #0
-__all__ = ['MAX_EXPERTS', 'ParamCounts', 'count_params', 'count_module_params', 'meta_decoder', 'flops_per_token', 'Match',
-           'match_dense', 'match_activation_rate', 'variant_match', 'split_experts', 'variant_config', 'Sized',
+__all__ = ['MAX_EXPERTS', 'ParamCounts', 'count_params', 'count_module_params', 'meta_decoder', 'flops_per_token', 'train_memory',
+           'Match', 'match_dense', 'match_activation_rate', 'variant_match', 'split_experts', 'variant_config', 'Sized',
            'size_for_budget', 'Budget', 'run_budget', 'variant_row', 'variant_table', 'format_param_table']
 
 # %% ../nbs/06_params.ipynb #6f0b05f4
@@ -72,6 +72,14 @@ def flops_per_token(cfg: ModelConfig) -> int:
     matmul_params = c.active_nonembedding + cfg.vocab_size * cfg.d_model
     return 6 * matmul_params + 12 * cfg.n_layers * cfg.d_model * cfg.context_len
 
+# %% ../nbs/06_params.ipynb #75b0eb77
+def train_memory(cfg: ModelConfig, batch_size: int, seq_len: int, bytes_per_value: int = 4) -> dict[str, int]:
+    "A lower estimate of one training step's memory in bytes: 'state' (weights, gradients, AdamW), 'activations', 'total'."
+    ffn = 3 * ((cfg.top_k + cfg.n_shared_experts) * cfg.d_expert if cfg.is_moe else cfg.d_ff)
+    per_token = cfg.n_layers * (10 * cfg.d_model + 2 * cfg.n_heads * seq_len + ffn) + 2 * cfg.vocab_size
+    state, activations = 16 * count_params(cfg).total, bytes_per_value * batch_size * seq_len * per_token
+    return {'state': state, 'activations': activations, 'total': state + activations}
+
 # %% ../nbs/06_params.ipynb #2143c0d6
 #| eval: false
 # registered by the package's module; a notebook run keeps the package's pieces (its own copies die with the kernel)
@@ -108,6 +116,18 @@ def _grid_step(ref: ModelConfig, resize: str, multiple: int) -> int:
     if resize == 'ffn': return multiple
     return math.lcm(multiple, 2 * ref.n_heads)          # d_model / n_heads must be an even integer
 
+def _first_at_least(count, goal: float) -> int:
+    """The smallest grid index i >= 1 with `count(i)` >= `goal`, for a `count` that grows with i: doubling, then
+    bisection, so a goal a million steps away takes some forty counts, not a million."""
+    hi = 1
+    while count(hi) < goal: hi *= 2
+    lo = hi // 2                          # count(lo) < goal (or lo = 0, before the grid)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count(mid) >= goal: hi = mid
+        else: lo = mid
+    return hi
+
 def match_dense(ref: ModelConfig, target: str, resize: str = 'ffn', multiple: int = 8) -> Match:
     "The dense config derived from the MoE `ref` whose `target` ('active'|'total') count is closest to ref's."
     if resize not in ('ffn', 'width'):
@@ -115,14 +135,10 @@ def match_dense(ref: ModelConfig, target: str, resize: str = 'ffn', multiple: in
     quantity = MATCH_TARGETS[target]
     goal = quantity(count_params(ref))
     step = _grid_step(ref, resize, multiple)
-    best, size = None, step
-    while True:                          # counts grow with size: scan until past the goal
-        cfg = _dense_at(ref, resize, size, multiple)
-        n = quantity(count_params(cfg))
-        if best is None or abs(n - goal) < abs(best[1] - goal): best = (cfg, n)
-        if n >= goal: break
-        size += step
-    cfg, n = best
+    count = functools.cache(lambda i: quantity(count_params(_dense_at(ref, resize, i * step, multiple))))
+    i = _first_at_least(count, goal)
+    if i > 1 and abs(count(i - 1) - goal) <= abs(count(i) - goal): i -= 1     # the closer of the two around the goal
+    cfg, n = _dense_at(ref, resize, i * step, multiple), count(i)
     return Match(cfg, target, 'd_ff' if resize == 'ffn' else 'd_model', goal, n, 100 * (n - goal) / goal)
 
 # %% ../nbs/06_params.ipynb #bc07d608

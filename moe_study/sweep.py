@@ -15,21 +15,21 @@ from .config import ConfigError, check_seeds, positive_int
 from .studies import STUDIES, Study, study_to_dict
 from .analysis import AUDIT_COLUMNS, load_runs, require_fair, study_results
 from .data import load_data
-from .fileio import exclusive, project_root, strict_json, write_json_atomic, write_text_atomic
+from .fileio import DamagedFile, exclusive, project_root, read_json, strict_json, write_json_atomic, write_text_atomic
 from .params import flops_per_token, run_budget, variant_config
 from .device import run_threads
-from .trainer import LAUNCHER_ENV
+from .trainer import LAUNCHER_ENV, check_memory
 from .environment import kernel_mode, pin_kernels
 from .checkpoint import TrainingError
 from .identity import finished_summary, plan_run, resolve_run, run_dir, runs_root
 from .tuning import choose, load_tuning_runs, tuning_plan
 
 # %% auto #0
-__all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'Run', 'TUNING_RECORD', 'RENDERING', 'LAUNCHERS', 'notebook',
-           'write_study', 'study_argument', 'RunFailed', 'run_environ', 'Processes', 'execute_run', 'check_parameters',
-           'run_status', 'LiveRuns', 'RunOutcome', 'Interrupted', 'default_jobs', 'with_tuning', 'sweep', 'report_root',
-           'ReportRefused', 'tuning_record', 'render_report', 'TrainJob', 'Jobs', 'slurm_parameters', 'Launcher',
-           'StudyOutcome', 'run_study']
+__all__ = ['KERNEL_START_TIMEOUT', 'TRAIN_PARAMETERS', 'TEXT_PARAMETERS', 'Run', 'TUNING_RECORD', 'RENDERING', 'LAUNCHERS',
+           'notebook', 'write_study', 'study_argument', 'RunFailed', 'run_environ', 'Processes', 'execute_run',
+           'check_parameters', 'run_status', 'LiveRuns', 'RunOutcome', 'Interrupted', 'default_jobs', 'with_tuning',
+           'sweep', 'report_root', 'ReportRefused', 'tuning_record', 'render_report', 'TrainJob', 'Jobs',
+           'slurm_parameters', 'Launcher', 'StudyOutcome', 'run_study']
 
 # %% ../nbs/11_sweep.ipynb #2960596f
 def notebook(name: str) -> Path: return project_root() / 'nbs' / name
@@ -110,12 +110,19 @@ def execute_run(study: Study, variant: str, seed: int, root: Path, processes: Pr
 # %% ../nbs/11_sweep.ipynb #a02c82f6
 TRAIN_PARAMETERS = ('preset', 'variant', 'seed', 'data', 'overrides', 'runs_dir', 'lr')
 
+TEXT_PARAMETERS = ('preset', 'variant', 'data', 'runs_dir', 'report_dir')     # names and paths
+
 def check_parameters(given: dict, expected: tuple[str, ...] = TRAIN_PARAMETERS, notebook: str = 'train.ipynb') -> None:
-    "`ConfigError` for a parameter `notebook` does not declare (a typo papermill would only warn about)."
+    """`ConfigError` for a parameter `notebook` does not declare (a typo papermill would only warn about), or a name or
+    path that is not text (papermill's -p reads `-p runs_dir 5` as the number 5)."""
     unknown = sorted(set(given) - set(expected))
     if unknown:
         raise ConfigError(f"{notebook} has no parameter {', '.join(map(repr, unknown))}; its parameters are "
                           f"{', '.join(expected)} (a misspelled one would be ignored and the run would use the default)")
+    for k in TEXT_PARAMETERS:
+        if k in given and not (given[k] is None or isinstance(given[k], (str, os.PathLike))):
+            raise ConfigError(f"{k}={given[k]!r}: must be text (a name or a path); papermill's -p reads numbers and "
+                              f"true/false as such: pass it as text with -r {k} {given[k]!r}")
 
 # %% ../nbs/11_sweep.ipynb #aa11c7d6
 def _tail(path: Path, size: int = 16384) -> list[dict]:
@@ -132,7 +139,7 @@ def _tail(path: Path, size: int = 16384) -> list[dict]:
 def run_status(path: Path) -> dict | None:
     "A running run's step, total steps, latest training loss and seconds trained, from its directory; None before it logs."
     try:
-        steps = json.loads((Path(path) / 'config.json').read_text())['identity']['steps']
+        steps = read_json(Path(path) / 'config.json')['identity']['steps']
         train = [r for r in _tail(Path(path) / 'metrics.jsonl') if r.get('split') == 'train']
     except (OSError, ValueError, KeyError): return None
     if not train: return None
@@ -214,7 +221,7 @@ def _finished(study: Study, run: Run, path: Path, data) -> RunOutcome | None:
     try:
         identity = plan_run(resolve_run(study, v, s, lr=lr), data)[3]
         return RunOutcome(v, s, str(path), 'complete', lr=lr) if finished_summary(path, identity) is not None else None
-    except TrainingError as e: return RunOutcome(v, s, str(path), 'failed', str(e), lr=lr)
+    except (TrainingError, DamagedFile) as e: return RunOutcome(v, s, str(path), 'failed', str(e), lr=lr)
 
 def _execute_all(study: Study, todo: list[Run], root: Path, data, execute, jobs: int | None, processes,
                  progress: bool, desc: str) -> list[RunOutcome]:
@@ -302,7 +309,8 @@ def sweep(study: Study, variants=None, seeds=None, root: Path | None = None, pro
                           "\"tuning\" field: a grid of learning rates and the seeds that tune, chapter 10a)")
     data = load_data(study)                         # a bad corpus fails here; the cache is built once, not per run
     for v in variants:                              # so does a variant that does not fit it: nothing is written yet
-        plan_run(resolve_run(study, v, 0, lr=None if study.variant_lr(v) is not None else study.train.lr), data)
+        spec = resolve_run(study, v, 0, lr=None if study.variant_lr(v) is not None else study.train.lr)
+        check_memory(spec, plan_run(spec, data)[0])
     write_study(study, root)
     processes = running if running is not None else Processes()
     execute_all = functools.partial(_execute_all, root=root, data=data, execute=execute, jobs=jobs, processes=processes,

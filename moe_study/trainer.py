@@ -16,19 +16,19 @@ from .checkpoint import (NonFiniteWeights, TrainingError, resume, save_checkpoin
 from .config import ConfigError, TrainConfig, positive_int
 from .data import TokenCache, load_data, val_batches
 from .environment import compute_environment, cpp_compiler, describe_path, environment_change, kernel_path, pin_kernels
-from .device import World, autocast, cpu_threads, peak_flops, process_group, resolve_device, run_threads
-from .fileio import exclusive, naming, write_atomic, write_json_atomic
+from .device import World, autocast, cpu_threads, device_memory, peak_flops, process_group, resolve_device, run_threads
+from .fileio import DamagedFile, exclusive, naming, write_atomic, write_json_atomic
 from .tracking import Trackers, tracker_names
 from .identity import RunSpec, code_version, describe_run, finished_summary, plan_run, resolve_run, run_dir
 from .model import Decoder, DecoderOutput
-from .params import flops_per_token
+from .params import count_params, flops_per_token, train_memory
 from .studies import Study
 
 # %% auto #0
 __all__ = ['SEQUENCE_FILES', 'LAUNCHER_ENV', 'ALLOW_CODE_CHANGE_ENV', 'TIMING_FIELDS', 'make_optimizer', 'lr_at', 'evaluate',
            'NonFiniteLoss', 'forward_backward', 'train_step', 'graph_breaks', 'compile_step', 'compile_blocker',
-           'step_function', 'sample_stories', 'RunWriter', 'LauncherWatch', 'train', 'validate', 'train_record',
-           'code_history', 'run_environment', 'run_loop', 'read_metrics']
+           'step_function', 'sample_stories', 'RunWriter', 'LauncherWatch', 'check_memory', 'train', 'validate',
+           'train_record', 'code_history', 'run_environment', 'run_loop', 'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #bbbc1f00
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -214,6 +214,17 @@ class LauncherWatch:
     def __exit__(self, *exc): self.stop()
 
 # %% ../nbs/08_trainer.ipynb #7481da98
+def check_memory(spec: RunSpec, seq_len: int, world_size: int = 1) -> None:
+    "A `ConfigError` naming the estimate and the machine's memory when the run cannot fit (chapter 06's `train_memory`)."
+    need = train_memory(spec.model, spec.train.batch_size // world_size, seq_len)
+    have, whose = device_memory(resolve_device(spec.train)[0])
+    if need['total'] > have:
+        gib = lambda b: f"{b / 2 ** 30:,.1f} GiB"
+        raise ConfigError(f"{spec.variant} needs at least {gib(need['total'])} to train ({gib(need['state'])} for the "
+                          f"weights, gradients and AdamW state of {count_params(spec.model).total:,} parameters, "
+                          f"{gib(need['activations'])} for the activations of a batch of {spec.train.batch_size // world_size} "
+                          f"x {seq_len} tokens), more than {whose} ({gib(have)}); lower batch_size, seq_len or the model's size")
+
 def train(preset: Study | str, variant: str, seed: int = 0, *, data: str | None = None, overrides: dict | None = None,
           out_dir: Path | None = None, progress: bool = True, until: int | None = None,
           lr: float | None = None) -> dict | None:
@@ -234,7 +245,8 @@ def train(preset: Study | str, variant: str, seed: int = 0, *, data: str | None 
         if not w.main: dist.barrier()                          # rank 0 builds the token cache, the others wait
         data = load_data(spec.preset)           # a bad corpus is refused before the run directory exists
         if w.main and w.size > 1: dist.barrier()
-        plan = plan_run(spec, data)             # so is a run that does not fit its data
+        plan = plan_run(spec, data)             # so is a run that does not fit its data,
+        check_memory(spec, plan[0], w.size)     # or the machine
         lock = exclusive(out, 'this run') if w.main else nullcontext()          # one writer per run directory
         with cpu_threads(run_threads(spec.train)), lock:
             return run_loop(spec, data, out, progress and w.main, until, w, plan)
@@ -405,5 +417,11 @@ TIMING_FIELDS = ('tokens_per_s', 'mfu', 'elapsed_s')
 def read_metrics(run: Path, timing: bool = True) -> list[dict]:
     """The records of a run's metrics.jsonl; with `timing=False` without the timing fields, leaving what
     identical runs must agree on exactly."""
-    records = [json.loads(l) for l in (Path(run) / 'metrics.jsonl').read_text().splitlines() if l.strip()]
+    path, records = Path(run) / 'metrics.jsonl', []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip(): continue
+        try: records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise DamagedFile(f"{path}:{n} is damaged (not a JSON record); delete that line (its curve loses a point), "
+                              f"or delete {path.parent} to train that run again") from None
     return records if timing else [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10a_tuning.ipynb #7955eaf8
 from __future__ import annotations
-import json, math, re
+import math, re
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -12,6 +12,7 @@ from .studies import Study, Tuning
 from .params import count_params, run_budget, variant_config
 from .identity import runs_root
 from .analysis import mean_std_ci, sign_count
+from .fileio import read_json
 
 # %% auto #0
 __all__ = ['select_lr', 'next_lr', 'fit_lr_law', 'predict_lr', 'load_tuning_runs', 'tuned_variants', 'variant_grid',
@@ -74,9 +75,9 @@ def load_tuning_runs(study: str, root: Path | None = None) -> pd.DataFrame:
     rows = []
     for run in sorted((Path(root or runs_root()) / study / '_tune').glob('*/lr*/seed*')):
         if not (re.fullmatch(r'seed\d+', run.name) and (run / 'summary.json').exists()): continue
-        lr = json.loads((run / 'config.json').read_text())['identity']['train']['lr']
+        lr = read_json(run / 'config.json')['identity']['train']['lr']
         rows.append({'variant': run.parent.parent.name, 'lr': lr, 'seed': int(run.name.removeprefix('seed')),
-                     'best_val_loss': json.loads((run / 'summary.json').read_text())['best_val_loss'], 'path': str(run)})
+                     'best_val_loss': read_json(run / 'summary.json')['best_val_loss'], 'path': str(run)})
     return pd.DataFrame(rows, columns=['variant', 'lr', 'seed', 'best_val_loss', 'path'])
 
 def tuned_variants(study: Study) -> list[str]:

@@ -335,3 +335,68 @@ def test_a_run_refused_for_a_changed_corpus_is_not_reported_as_the_result(tmp_pa
     assert code == 1 and 'FAILED moe seed 0' in err and 'REPORT FAILED' in err and 'is not the run this study asks for' in err, err
     page = next((tmp_path / 'report').glob('*/index.html')).read_text()
     assert 'report refused' in page and 'What we found' not in page
+
+
+# --- 7. resource limits up front ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('argv', [
+    ['train', '--preset', 'smoke', '--variant', 'moe', '--set', 'model.n_experts=4096', '--set', 'model.d_expert=8192'],
+    ['study', '--preset', 'smoke', '--variants', 'moe', '--set', 'model.d_model=16384'],
+    ['bench', '--preset', 'smoke', '--steps', '1', '--set', 'model.d_model=16384'],
+], ids=['train', 'study', 'bench'])
+def test_a_model_too_large_for_the_machine_is_refused_before_allocating(argv, tmp_path):
+    import psutil
+    extra = [] if argv[0] == 'bench' else ['--runs-dir', tmp_path / 'runs']
+    code, _, err = cli(*argv, *extra)
+    assert code == 2 and 'needs at least' in err and "more than this machine's memory" in err, err
+    assert f"{psutil.virtual_memory().total / 2 ** 30:,.1f} GiB" in err and 'lower batch_size' in err
+    no_traceback(err)
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_the_matching_solver_finds_a_far_goal_in_log_steps():
+    start = time.perf_counter()
+    code, out, err = cli('params', '--preset', 'smoke', '--set', 'model.d_expert=20000000')
+    assert code == 0 and 'dense_active' in out, err
+    assert time.perf_counter() - start < 60, "the solver scanned linearly"
+
+
+# --- 8. damaged files of a finished run name the file and the fix ---------------------------------------------------
+
+def damage(path: Path, how: str) -> None:
+    if how == 'cut': path.write_bytes(path.read_bytes()[:20])
+    elif how == 'empty': path.write_bytes(b'')
+    else:                                                       # one line of metrics.jsonl cut short
+        lines = path.read_text().splitlines(); lines[1] = lines[1][:15]; path.write_text('\n'.join(lines) + '\n')
+
+
+@pytest.mark.parametrize('name, how, where', [
+    ('summary.json', 'cut', 'study'), ('summary.json', 'empty', 'study'), ('config.json', 'cut', 'study'),
+    ('val_sequences_best.npz', 'cut', 'study'), ('metrics.jsonl', 'line', 'study'), ('config.json', 'cut', 'export'),
+])
+def test_a_damaged_file_of_a_finished_run_is_named_with_its_fix(reported, tmp_path, name, how, where):
+    import shutil
+    study, runs, _, _ = reported
+    work = tmp_path / 'runs'; shutil.copytree(runs, work)
+    run = work / 'mine' / 'moe' / 'seed0'
+    damage(run / name, how)
+    before = snapshot(work)
+    if where == 'study':
+        code, out, err = cli('study', '--preset', study, '--variants', 'moe', '--seeds', '0', '--runs-dir', work,
+                             '--report-dir', tmp_path / 'report')
+    else:
+        pytest.importorskip('transformers')
+        code, out, err = cli('export', run, tmp_path / 'hf')
+    assert code == 1 and f"{run / name}" in err and 'is damaged' in err, err
+    assert f"delete {run} to train that run again" in err
+    no_traceback(err)
+    assert snapshot(work) == before, "a damaged run was changed"
+
+
+# --- 9. messages that say the right thing --------------------------------------------------------------------------
+
+def test_a_number_given_as_a_papermill_path_is_named():
+    res = subprocess.run([sys.executable, '-m', 'papermill', 'nbs/train.ipynb', '/dev/null', '-p', 'preset', 'smoke',
+                          '-p', 'runs_dir', '5'], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0 and 'runs_dir=5: must be text (a name or a path)' in res.stderr and '-r runs_dir 5' in res.stderr
+    assert 'TypeError' not in res.stderr
