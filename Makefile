@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install study test lab clean
+.PHONY: install study test lab gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,14 @@ study: install
 test: install
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/pytest -q tests
+
+# every GPU question in one run (chapter 15): make gpu-check [ARGS="--dry-run --out DIR"]. On a GPU machine the venv's
+# pinned CPU torch cannot see the GPU, so there it runs on the machine's own python3 and its CUDA torch (the package's
+# other needs, numpy, pandas, sentencepiece and the like, come with such images), with this checkout on PYTHONPATH
+gpu-check:
+	@if command -v nvidia-smi >/dev/null && python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; \
+	then PYTHONPATH=$(CURDIR) python3 -m moe_study gpu-check $(ARGS); \
+	else $(MAKE) -s install && $(BIN)/python -m moe_study gpu-check $(ARGS); fi
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir nbs $$([ "$$(id -u)" = 0 ] && echo --allow-root)

@@ -8,6 +8,7 @@ import argparse
 import os
 import json
 import signal
+import time
 import sys
 import warnings
 from pathlib import Path
@@ -32,7 +33,7 @@ __all__ = ['COMMANDS', 'path_argument', 'add_preset_argument', 'parse_overrides'
            'add_params_command', 'run_params', 'add_data_command', 'format_manifest', 'run_data', 'add_train_command',
            'run_train', 'add_bench_command', 'run_bench', 'add_study_command', 'tuning_summary', 'run_study_command',
            'add_export_command', 'run_export', 'add_board_command', 'board_command', 'run_board', 'add_eval_command',
-           'run_eval', 'gap_lines', 'build_parser', 'main']
+           'run_eval', 'gap_lines', 'add_gpu_check_command', 'run_gpu_check', 'build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #9bcab05b
 def path_argument(text: str) -> Path:
@@ -327,9 +328,29 @@ def gap_lines(gaps: dict) -> list[str]:
     from .analysis import gap_findings
     return [x.replace('**', '') for x in gap_findings(gaps)]
 
+# %% ../nbs/12_cli.ipynb #d46559a8
+def add_gpu_check_command(sub) -> None:
+    p = sub.add_parser('gpu-check', help="prove the GPU path in minutes: experts, compile, speed, a study slice, DDP (chapter 15)",
+                       description="Run every GPU stage in order (environment, grouped experts against the loop, the "
+                                   "compiled step, speed, a slice of stories_gpu, one-process DDP), writing gpu_check.json "
+                                   "and gpu_check.md into --out after each; prints the summary. Needs CUDA, or --dry-run.")
+    p.add_argument('--dry-run', action='store_true', help="every stage at toy size on the CPU (what the tests run)")
+    p.add_argument('--out', type=path_argument, default=None, metavar='DIR',
+                   help="where the record goes (default: runs/gpu-check-<date>-<time>)")
+    p.add_argument('--stages', nargs='+', default=None, metavar='STAGE', help="only these stages, in order")
+    p.set_defaults(run=run_gpu_check)
+
+def run_gpu_check(args) -> int:
+    from .gpucheck import STAGES, gpu_check
+    out = args.out or runs_root() / time.strftime('gpu-check-%Y%m%d-%H%M%S')
+    record = gpu_check(out, args.dry_run, tuple(args.stages or STAGES))
+    print((out / 'gpu_check.md').read_text(), end='')
+    print(f"record: {out / 'gpu_check.json'}")
+    return 1 if any('error' in s for s in record['stages'].values()) else 0
+
 # %% ../nbs/12_cli.ipynb #ad2003e1
 COMMANDS = (add_params_command, add_data_command, add_train_command, add_bench_command, add_study_command,
-            add_export_command, add_board_command, add_eval_command)
+            add_export_command, add_board_command, add_eval_command, add_gpu_check_command)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m moe_study',

@@ -22,11 +22,13 @@ __all__ = ['benchmark', 'compile_times', 'hf_twins', 'hf_train_step', 'format_be
 
 # %% ../nbs/09_bench.ipynb #4db475ae
 def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compile: bool | None = None,
-              threads: int | None = None, overrides: dict | None = None, hf: bool = True) -> dict:
+              threads: int | None = None, overrides: dict | None = None, hf: bool = True,
+              time_compiles: bool = True) -> dict:
     """Step-time ratio of the study's MoE reference over a dense model matched to its active parameters,
     fractions of the measured peak, graph breaks, compile times and (`hf`, when transformers is installed)
     transformers' step time on the same weights, measured in one run; `compile` (default: the preset's) compiles
-    the step as the trainer does; `overrides` change the preset as `study_with` does. On a CPU with the threads a
+    the step as the trainer does (`time_compiles`: and times compiling it, cold and warm); `overrides` change the preset as
+    `study_with` does. On a CPU with the threads a
     training run of `preset` computes with (its `threads`), or `threads` when given."""
     if not positive_int(steps):
         raise ConfigError(f"steps={steps!r}: must be a positive integer (the timed steps per model)")
@@ -41,7 +43,7 @@ def benchmark(preset: str | None = None, steps: int = 20, warmup: int = 3, compi
     check_memory(RunSpec(preset, preset.variant_names[0], 0, preset.model, cfg), cfg.seq_len or preset.model.context_len)
     tune_allocator()                                  # as every training process (chapter 07c)
     with cpu_threads(run_threads(cfg)):
-        return _benchmark(preset, cfg, device, steps, warmup, hf)
+        return _benchmark(preset, cfg, device, steps, warmup, hf, time_compiles)
 
 def _timed(fn, device: torch.device) -> float:
     if device.type == 'cuda': torch.cuda.synchronize()
@@ -99,7 +101,8 @@ def hf_train_step(twin, optimizer, x: torch.Tensor, y: torch.Tensor, device: tor
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
 
-def _benchmark(preset: Study, cfg: TrainConfig, device: torch.device, steps: int, warmup: int, hf: bool) -> dict:
+def _benchmark(preset: Study, cfg: TrainConfig, device: torch.device, steps: int, warmup: int, hf: bool,
+               time_compiles: bool = True) -> dict:
     dtype = resolve_device(cfg)[1]
     peak = measure_matmul_peak(device, dtype, n=4096 if device.type == 'cuda' else 1024, repeats=10)
     seq_len = cfg.seq_len or preset.model.context_len
@@ -111,7 +114,8 @@ def _benchmark(preset: Study, cfg: TrainConfig, device: torch.device, steps: int
     batches = {v: torch.randint(0, c.vocab_size, (cfg.batch_size, seq_len + 1), generator=g).to(device)
                for v, c in configs.items()}
     breaks = {v: graph_breaks(m, batches[v][:, :-1], batches[v][:, 1:], device, dtype) for v, m in models.items()}
-    compiles = compile_times(models, batches, cfg, device, dtype) if cfg.compile and not compile_blocker(device) else {}
+    compiles = (compile_times(models, batches, cfg, device, dtype) if time_compiles and cfg.compile and not compile_blocker(device)
+                else {})
     twins = hf_twins(models, device) if hf else {}
 
     # every step function, ours and transformers', timed in one alternation

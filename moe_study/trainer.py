@@ -25,10 +25,11 @@ from .params import count_params, flops_per_token, train_memory
 from .studies import Study
 
 # %% auto #0
-__all__ = ['SEQUENCE_FILES', 'LAUNCHER_ENV', 'ALLOW_CODE_CHANGE_ENV', 'TIMING_FIELDS', 'make_optimizer', 'lr_at', 'evaluate',
-           'NonFiniteLoss', 'forward_backward', 'train_step', 'graph_breaks', 'compile_step', 'compile_blocker',
-           'step_function', 'sample_stories', 'RunWriter', 'LauncherWatch', 'check_memory', 'train', 'validate',
-           'train_record', 'code_history', 'run_environment', 'run_loop', 'read_metrics']
+__all__ = ['DIVERGES', 'SEQUENCE_FILES', 'LAUNCHER_ENV', 'ALLOW_CODE_CHANGE_ENV', 'TIMING_FIELDS', 'make_optimizer', 'lr_at',
+           'evaluate', 'NonFiniteLoss', 'forward_backward', 'to_device', 'StepGuard', 'train_step', 'graph_breaks',
+           'compile_step', 'compile_blocker', 'step_function', 'sample_stories', 'RunWriter', 'LauncherWatch',
+           'check_memory', 'train', 'validate', 'train_record', 'code_history', 'run_environment', 'run_loop',
+           'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #bbbc1f00
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -79,20 +80,45 @@ def forward_backward(model: Decoder, x: torch.Tensor, y: torch.Tensor, device: t
     o.loss.backward()
     return DecoderOutput(None, o.loss.detach(), o.ce_loss.detach(), {k: v.detach() for k, v in o.router_losses.items()})
 
-def train_step(model: Decoder, step, optimizer, x: torch.Tensor, y: torch.Tensor, lr: float, grad_clip: float):
+DIVERGES = ("This recipe diverges: lower the learning rate or raise warmup_steps (--set lr=... is a new study, in a "
+            "directory of its own)")
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    "A batch on `device`: on a GPU from pinned memory, without waiting for the copy; on a CPU, as it is."
+    return t.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else t.to(device)
+
+class StepGuard:
+    """The non-finite guard without a host sync per step (for CUDA): the fused AdamW is given `found_inf` (1 when the
+    loss or the gradient norm is not finite, as the AMP grad scaler gives it) and skips that step on the device, its
+    step count included; `skipped` counts such steps on the device, read only by `check` (at logging and checkpoint
+    time), so no non-finite weights are ever stepped into or saved."""
+    def __init__(self, device: torch.device): self.skipped = torch.zeros((), device=device)
+
+    def found_inf(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        bad = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
+        self.skipped += bad
+        return bad
+
+    def check(self) -> int: return int(self.skipped.item())     # one sync
+
+def train_step(model: Decoder, step, optimizer, x: torch.Tensor, y: torch.Tensor, lr: float, grad_clip: float,
+               guard: StepGuard | None = None):
     """One optimizer step at learning rate `lr`, `step(x, y)` running forward and backward (`step_function`);
     returns (output, grad norm). A non-finite loss or gradient norm raises `NonFiniteLoss` before the optimizer
-    changes anything (one host sync per step checks both)."""
+    changes anything (one host sync per step checks both), or, with a `guard`, is skipped on the device and counted."""
     for g in optimizer.param_groups: g['lr'] = lr
     o = step(x, y)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if not bool(torch.isfinite(o.loss) & torch.isfinite(grad_norm)):
+    if guard is not None: optimizer.found_inf = guard.found_inf(o.loss, grad_norm)    # read by the fused AdamW
+    elif not bool(torch.isfinite(o.loss) & torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLoss(f"the loss is {o.loss.item()} and the gradient norm {grad_norm.item()}")
     optimizer.step()
+    optimizer.__dict__.pop('found_inf', None)
     optimizer.zero_grad(set_to_none=True)
     model.after_step()                                # routers update their balancing state (chapter 03a)
     return o, grad_norm
+
 
 # %% ../nbs/08_trainer.ipynb #1c72eda0
 def graph_breaks(model: Decoder, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype) -> int:
@@ -118,15 +144,31 @@ def compile_blocker(device: torch.device) -> str | None:
 
 def step_function(model: torch.nn.Module, compile: bool, device: torch.device, dtype: torch.dtype):
     """`step(x, y)`: `forward_backward` of `model`, compiled when `compile`, eager when not or when it cannot be (one
-    warning); and whether it compiles. On one CPU process the whole step is one graph (`compile_step`); on a GPU
-    and under DDP the module is compiled, as before (the whole-step graph is verified on CPUs only)."""
+    warning); and whether it compiles. One process compiles the whole step as one graph (`compile_step`), on a CPU
+    or a GPU; should that graph fail to compile at the first step, it warns once and compiles the model instead.
+    Under DDP the module is compiled, so that its gradient hooks run."""
     why = compile and compile_blocker(device)
     if why: warnings.warn(f"training eager, not compiled: {why}", stacklevel=2)
     if not compile or why: return (lambda x, y: forward_backward(model, x, y, device, dtype)), False
-    if device.type == 'cpu' and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return compile_step(model, device, dtype), True
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel): return _module_step(model, device, dtype), True
+    whole, steps = compile_step(model, device, dtype), 0
+    def step(x, y):
+        nonlocal whole, steps
+        steps += 1
+        if steps > 1: return whole(x, y)
+        try: return whole(x, y)
+        except Exception as e:                      # compiling happens before the graph runs: nothing was stepped
+            warnings.warn(f"the whole training step does not compile on {device.type} ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]}); compiling the model instead", stacklevel=2)
+            model.zero_grad(set_to_none=True)
+            whole = _module_step(model, device, dtype)
+            return whole(x, y)
+    return step, True
+
+def _module_step(model: torch.nn.Module, device: torch.device, dtype: torch.dtype):
     compiled = torch.compile(model)
-    return (lambda x, y: forward_backward(compiled, x, y, device, dtype)), True
+    return lambda x, y: forward_backward(compiled, x, y, device, dtype)
+
 
 # %% ../nbs/08_trainer.ipynb #25b660e0
 def sample_stories(model: Decoder, data: TokenCache, n_tokens: int, device, seed: int,
@@ -356,6 +398,7 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
     # data parallel: gradients averaged over ranks; buffers stay per rank (routers sum what they need, chapter 03a)
     parallel = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if w.size > 1 else model
     fwd_bwd, compiled = step_function(parallel, cfg.compile, device, dtype)
+    guard = StepGuard(device) if device.type == 'cuda' else None     # no host sync per step on a GPU
     flops_tok, tokens_step = flops_per_token(spec.model), cfg.batch_size * seq_len
     rows = slice(w.rank * cfg.batch_size // w.size, (w.rank + 1) * cfg.batch_size // w.size)   # this rank's slice
 
@@ -375,14 +418,18 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
                 raise TrainingError(f"the study that launched {out} has exited; stopped at step {step}, and "
                                     f"{_kept(ckpt_step, writer.checkpoint_path)}; running the study again resumes it")
             lr = lr_at(step, cfg, steps)
-            x, y = (t[rows].to(device, non_blocking=True) for t in sampler.batch(step))
+            x, y = (to_device(t[rows], device) for t in sampler.batch(step))
             try:
-                o, grad_norm = train_step(model, fwd_bwd, optimizer, x, y, lr, cfg.grad_clip)
+                o, grad_norm = train_step(model, fwd_bwd, optimizer, x, y, lr, cfg.grad_clip, guard)
             except NonFiniteLoss as e:
                 raise TrainingError(f"{e} at step {step + 1} in {out}; stopped before the weights changed, and "
-                                    f"{_kept(ckpt_step, writer.checkpoint_path)}. This recipe diverges: lower the learning "
-                                    "rate or raise warmup_steps (--set lr=... is a new study, in a directory of its own)") from None
+                                    f"{_kept(ckpt_step, writer.checkpoint_path)}. {DIVERGES}") from None
             done = step + 1
+            checks = done % cfg.log_every == 0 or done == steps or done % cfg.checkpoint_every == 0 or done == until
+            if guard is not None and checks and guard.check():          # the device guard's one sync
+                raise TrainingError(f"{guard.check()} step(s) up to step {done} in {out} had a loss or gradient norm that "
+                                    f"is not finite; they were skipped, the weights never took them, and "
+                                    f"{_kept(ckpt_step, writer.checkpoint_path)}. {DIVERGES}")
             if done % cfg.log_every == 0 or done == steps:
                 now = time.perf_counter()
                 rec = train_record(model, o, grad_norm, done, lr, tokens_step, (now - t_last, now - run_start),

@@ -54,3 +54,15 @@ def test_a_batch_that_does_not_split_is_refused(runs):
     res = torchrun(3, '--variant', 'dense_active', '--runs-dir', str(runs / 'three'), root=runs)   # batch_size 8
     assert res.returncode != 0 and 'batch_size=8 does not split over 3 processes' in res.stderr
     assert not (runs / 'three' / 'smoke' / 'dense_active' / 'seed0' / 'metrics.jsonl').exists()
+
+
+def test_a_compiled_two_process_run_trains(runs):
+    "DDP's model compiled (torch.compile over the module, its MoE's functional all-reduce in the graph), over gloo."
+    res = torchrun(2, '--variant', 'moe', '--runs-dir', str(runs / 'compiled'), '--set', 'compile=true', '--set', 'max_steps=6',
+                   '--set', 'warmup_steps=1', '--set', 'eval_every=3', '--set', 'sample_tokens=0', root=runs)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = next((runs / 'compiled').glob('smoke-*/moe/seed0'))
+    config = json.loads((run / 'config.json').read_text())
+    assert config['world_size'] == 2 and config['compiled'] is True
+    train_records = [r for r in read_metrics(run) if r['split'] == 'train']
+    assert train_records[-1]['step'] == 6 and all(0 < r['lb_loss'] < 10 for r in train_records)

@@ -165,3 +165,25 @@ def test_bench_json_has_the_figures():
 def test_bench_bad_threads_is_a_clear_error():
     res = cli('bench', '--preset', 'smoke', '--threads', '0')
     assert res.returncode == 2 and 'threads=0: must be None or an integer from 1 to 512' in res.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA: the guard without a host sync is the GPU path')
+@pytest.mark.parametrize('ffn', ['dense', 'moe'])
+def test_a_training_step_on_cuda_never_syncs_with_the_host(ffn):
+    from moe_study.config import ModelConfig, TrainConfig
+    from moe_study.trainer import StepGuard, make_optimizer, step_function, to_device, train_step
+    device = torch.device('cuda')
+    cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, context_len=32, ffn=ffn,
+                      **({'n_experts': 4, 'top_k': 2, 'd_expert': 128} if ffn == 'moe' else {}))
+    model = Decoder(cfg, 0).to(device)
+    opt, guard = make_optimizer(model, TrainConfig()), StepGuard(device)
+    step, _ = step_function(model, False, device, torch.bfloat16)
+    batch = torch.randint(0, 256, (4, 33))
+    train_step(model, step, opt, *(to_device(t, device) for t in (batch[:, :-1], batch[:, 1:])), 1e-3, 1.0, guard)   # warm
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')                     # any synchronising call raises
+    try:
+        for _ in range(3):
+            train_step(model, step, opt, *(to_device(t, device) for t in (batch[:, :-1], batch[:, 1:])), 1e-3, 1.0, guard)
+    finally: torch.cuda.set_sync_debug_mode(0)
+    assert guard.check() == 0
