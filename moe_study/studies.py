@@ -604,7 +604,7 @@ def get_preset(name: str | Study) -> Study:
                               "UTF-8 JSON") from None
         try: declared = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as e:
-            raise ConfigError(f"the study declaration {name!r} is not JSON that can be read "
+            raise ConfigError(f"cannot read the study declaration {name!r}: it is not JSON that can be read "
                               f"({'nested too deeply' if isinstance(e, RecursionError) else e}); fix the file") from None
         try: study = study_from_dict(declared)
         except ConfigError as e: raise ConfigError(f"{name}: {e}") from None
