@@ -28,8 +28,8 @@ from .studies import Study
 __all__ = ['DIVERGES', 'SEQUENCE_FILES', 'LAUNCHER_ENV', 'ALLOW_CODE_CHANGE_ENV', 'TIMING_FIELDS', 'make_optimizer', 'lr_at',
            'evaluate', 'NonFiniteLoss', 'forward_backward', 'to_device', 'StepGuard', 'train_step', 'graph_breaks',
            'compile_step', 'compile_blocker', 'step_function', 'sample_stories', 'RunWriter', 'LauncherWatch',
-           'check_memory', 'train', 'validate', 'train_record', 'code_history', 'run_environment', 'run_loop',
-           'read_metrics']
+           'check_memory', 'train', 'validate', 'train_record', 'resumed_config', 'code_history', 'run_environment',
+           'run_loop', 'read_metrics']
 
 # %% ../nbs/08_trainer.ipynb #bbbc1f00
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -330,15 +330,19 @@ def train_record(model: Decoder, o: DecoderOutput, grad_norm: torch.Tensor, step
 # %% ../nbs/08_trainer.ipynb #a44b68b8
 ALLOW_CODE_CHANGE_ENV = 'MOE_STUDY_ALLOW_CODE_CHANGE'      # '1': resume a run under other code, and record it
 
-def code_history(out: Path, ckpt_step: int | None, start: int) -> list[dict]:
+def resumed_config(out: Path, ckpt_step: int | None) -> dict:
+    "The config.json a resumed run wrote when it last started ({} for a run from step 0, or an unreadable one)."
+    if ckpt_step is None: return {}
+    try: config = json.loads((out / 'config.json').read_text())
+    except (OSError, ValueError): return {}
+    return config if isinstance(config, dict) else {}
+
+def code_history(out: Path, before: dict, start: int) -> list[dict]:
     """The code versions a run has trained under, each from the step it started at: this process's `code_version` from
-    step 0, or appended to the record in config.json when a resume runs other code. Such a resume is a `TrainingError`
+    step 0, or appended to the record in `before` (the resumed run's config.json) when a resume runs other code. Such a resume is a `TrainingError`
     (its numbers would mix two versions of the package) unless MOE_STUDY_ALLOW_CODE_CHANGE=1."""
     now = {'step': start, **code_version()}
-    before = []
-    if ckpt_step is not None:
-        try: before = json.loads((out / 'config.json').read_text()).get('code_history') or []
-        except (OSError, ValueError, AttributeError): pass
+    before = before.get('code_history') or []
     if not before: return [now]                     # a new run, or one from before this record
     was = before[-1]
     if was['source_sha256'] == now['source_sha256']: return before
@@ -351,7 +355,7 @@ def code_history(out: Path, ckpt_step: int | None, start: int) -> list[dict]:
     print(f"{out}: resumed at step {start} under other code (source {now['source_sha256'][:12]}); config.json records both")
     return before + [now]
 
-def run_environment(out: Path, ckpt_step: int | None, start: int) -> tuple[dict, list, dict]:
+def run_environment(out: Path, before: dict, start: int) -> tuple[dict, list, dict]:
     """This process's compute environment (chapter 07c), the run's kernel-path changes so far with this one's if a
     resume moved it (step, fields), and that change ({} if none). Warns when the kernels asked for are not in effect."""
     env = compute_environment()
@@ -360,10 +364,6 @@ def run_environment(out: Path, ckpt_step: int | None, start: int) -> tuple[dict,
                       f"(ATen {env['cpu_capability']}, MKL {env['mkl_branch']}): torch had computed before they could be "
                       "set, or this CPU lacks AVX2. Restart the kernel and call moe_study.environment.pin_kernels() "
                       "before anything else, or set MOE_STUDY_KERNELS=native", stacklevel=3)
-    before = {}
-    if ckpt_step is not None:
-        try: before = json.loads((out / 'config.json').read_text())
-        except (OSError, ValueError): pass
     changed = environment_change(before.get('environment'), env)
     changes = list(before.get('environment_changes') or []) + ([{'step': start, 'changed': changed}] if changed else [])
     if changed: print(f"{out}: resumed at step {start} on another kernel path ({', '.join(changed)} changed); "
@@ -393,8 +393,9 @@ def run_loop(spec: RunSpec, data: TokenCache, out: Path, progress: bool, until: 
         start, best, elapsed = resume(writer.checkpoint_path, identity, model, optimizer, device)
         ckpt_step = start
     peak = peak_flops(device, dtype)
-    env, changes, changed = run_environment(out, ckpt_step, start)
-    code = code_history(out, ckpt_step, start)
+    before = resumed_config(out, ckpt_step)
+    env, changes, changed = run_environment(out, before, start)
+    code = code_history(out, before, start)
     # data parallel: gradients averaged over ranks; buffers stay per rank (routers sum what they need, chapter 03a)
     parallel = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if w.size > 1 else model
     fwd_bwd, compiled = step_function(parallel, cfg.compile, device, dtype)
