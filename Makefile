@@ -24,9 +24,10 @@ $(VENV)/.installed: settings.ini setup.py
 study: install
 	$(BIN)/python -m moe_study study --preset cpu
 
+# the notebooks' tests, then pytest on every core (pytest-xdist; tests sharing a trained fixture stay on one worker)
 test: install
 	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n auto --dist loadgroup tests
 
 # every GPU question in one run (chapter 15): make gpu-check [ARGS="--dry-run --out DIR"]. On a GPU machine the venv's
 # pinned CPU torch cannot see the GPU, so there it runs on the machine's own python3 and its CUDA torch (the package's

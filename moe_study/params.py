@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_params.ipynb #d608e595
 from __future__ import annotations
-import functools, math
+import functools, json, math
 from dataclasses import dataclass
 import torch
 from typing import TYPE_CHECKING
@@ -147,11 +147,21 @@ MAX_EXPERTS = 64
 def _moe_at(base: ModelConfig, n_experts: int, top_k: int, d_expert: int) -> ModelConfig:
     return base.replace(n_experts=n_experts, top_k=top_k, d_expert=d_expert)
 
+_RATE_MATCHES: dict = {}        # the solver's answers this process has found: a study asks for each variant many times
+
 def match_activation_rate(ref: ModelConfig, rate: float, overrides: dict | None = None, multiple: int = 8,
                           total_tol_pct: float = 0.5, rate_tol: float = 0.02) -> Match:
     """The MoE derived from the dense `ref` (with `overrides`) whose non-embedding total matches ref's within
-    `total_tol_pct` percent and whose activation rate is within `rate_tol` of `rate`: fewest experts, then closest rate."""
-    overrides = dict(overrides or {})
+    `total_tol_pct` percent and whose activation rate is within `rate_tol` of `rate`: fewest experts, then closest rate.
+    A search over every (experts, top-k) pair, so each answer is kept for the next question (configs are frozen)."""
+    key = json.dumps([ref.to_dict(), rate, overrides or {}, multiple, total_tol_pct, rate_tol], sort_keys=True, default=str)
+    if key not in _RATE_MATCHES:
+        if len(_RATE_MATCHES) >= 4096: _RATE_MATCHES.clear()
+        _RATE_MATCHES[key] = _search_activation_rate(ref, rate, dict(overrides or {}), multiple, total_tol_pct, rate_tol)
+    return _RATE_MATCHES[key]
+
+def _search_activation_rate(ref: ModelConfig, rate: float, overrides: dict, multiple: int, total_tol_pct: float,
+                            rate_tol: float) -> Match:
     base = ref.replace(**{'ffn': 'moe', **overrides})
     if not base.is_moe: raise ConfigError(f"an activation rate needs an MoE, but the overrides {overrides} make it dense")
     goal = count_params(ref).total_nonembedding

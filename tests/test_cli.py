@@ -1,14 +1,12 @@
-"""`python -m moe_study` as a user runs it: output formats, exit codes, bad input."""
-import json, subprocess, sys
+"""`python -m moe_study` as a user runs it: output formats, exit codes, bad input. The command line's `main` runs in
+this process (what `python -m moe_study` runs, without a second of imports each); the last test starts the module."""
+import json
 
 import pytest
 
+from conftest import command, in_process as cli
 from moe_study.studies import STUDIES
 from moe_study.params import count_params, flops_per_token, variant_config
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, '-m', 'moe_study', *args], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize('preset', list(STUDIES))
@@ -96,5 +94,5 @@ def test_bad_names_are_a_clear_error(args, message):
 
 
 def test_no_command_shows_usage():
-    res = cli()
+    res = command()
     assert res.returncode == 2 and 'usage: python -m moe_study' in res.stderr

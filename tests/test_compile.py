@@ -1,6 +1,7 @@
 """torch.compile with the inductor backend: a whole training step (forward, objective, backward) of an MoE is one
 graph, and the generated code computes what the eager model computes. Chapter 08 tests the graph count for dense,
 MoE and capacity-limited MoE with the cheaper aot_eager backend; this compiles for real (about 30 s on 2 cores)."""
+import pytest
 import torch
 
 from moe_study.studies import get_preset
@@ -10,6 +11,7 @@ from moe_study.trainer import compile_step, forward_backward, graph_breaks
 CPU, FP32 = torch.device('cpu'), torch.float32
 
 
+@pytest.mark.long
 def test_inductor_compiles_an_moe_training_step_as_one_graph_with_the_eager_numbers():
     cfg = get_preset('smoke').model.replace(capacity_factor=1.0)          # a capacity that drops, beside routing
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
 """Data sources on small local data, the token cache's integrity rules, and bad input."""
-import json, os, subprocess, sys
+import json, os
 from pathlib import Path
 
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')      # nothing here may reach the network
@@ -171,9 +171,7 @@ def test_too_few_validation_documents_is_explained(tmp_path):
 
 # --- the command --------------------------------------------------------------------------------------------------
 
-def cli(*args, root):
-    env = {**os.environ, 'MOE_STUDY_ROOT': str(root)}
-    return subprocess.run([sys.executable, '-m', 'moe_study', *args], capture_output=True, text=True, env=env)
+from conftest import command as cli          # noqa: E402
 
 
 def test_data_command_builds_verifies_rejects_and_rebuilds(tmp_path):

@@ -1,13 +1,15 @@
 """One run on several processes: `torchrun --nproc_per_node 2 -m moe_study train` (gloo on the CPU) trains what one
 process trains, writes the run directory once, resumes from its checkpoint, and refuses a batch it cannot split."""
-import json, os, subprocess, sys
+import json, os, subprocess
 from pathlib import Path
 
 import pytest
 
 from moe_study.trainer import read_metrics, train
 
-TORCHRUN = Path(sys.executable).parent / 'torchrun'
+from conftest import BIN
+
+TORCHRUN = BIN / 'torchrun'
 
 
 def torchrun(n: int, *args, root: Path):
@@ -15,16 +17,19 @@ def torchrun(n: int, *args, root: Path):
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'MOE_STUDY_ROOT': str(root)})
 
 
-@pytest.fixture(scope='module')
+pytestmark = pytest.mark.xdist_group('ddp')          # one worker trains the runs the tests compare
+
+
+@pytest.fixture(scope='session')
 def runs(tmp_path_factory):
     "The smoke MoE, seed 0: trained by two processes (its token cache built by rank 0 alone), and by one."
     root = tmp_path_factory.mktemp('ddp')
     res = torchrun(2, '--variant', 'moe', '--runs-dir', str(root / 'two'), root=root)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count('best val loss') == 1                            # rank 0 reports, once
-    os.environ['MOE_STUDY_ROOT'] = str(root)
-    try: train('smoke', 'moe', 0, out_dir=root / 'one', progress=False)
-    finally: del os.environ['MOE_STUDY_ROOT']
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('MOE_STUDY_ROOT', str(root))
+        train('smoke', 'moe', 0, out_dir=root / 'one', progress=False)
     return root
 
 

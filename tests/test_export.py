@@ -10,6 +10,7 @@ from moe_study.data import load_data, val_batches
 from moe_study.model import Decoder
 from moe_study.checkpoint import load_checkpoint
 from moe_study.trainer import train
+from conftest import command
 
 OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
 
@@ -33,24 +34,25 @@ LOAD_AND_GENERATE = textwrap.dedent('''
 
 
 def cli(*args, root):
-    return subprocess.run([sys.executable, '-m', 'moe_study', *args], capture_output=True, text=True,
-                          env={**os.environ, 'MOE_STUDY_ROOT': str(root), **OFFLINE})
+    return command(*args, root=root, env={**os.environ, **OFFLINE})
 
 
-@pytest.fixture(scope='module')
+pytestmark = pytest.mark.xdist_group('export')        # one worker trains the runs the tests export
+
+
+@pytest.fixture(scope='session')
 def work(tmp_path_factory):
+    "Smoke MoE and dense runs of 8 steps, in a project root (MOE_STUDY_ROOT) of their own."
     root = tmp_path_factory.mktemp('export')
-    os.environ['MOE_STUDY_ROOT'] = str(root)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('MOE_STUDY_ROOT', str(root))
         for variant in ('moe', 'dense_active'):
             train('smoke', variant, 0, out_dir=root / variant, progress=False, overrides={'max_steps': 8})
-        yield root
-    finally:
-        del os.environ['MOE_STUDY_ROOT']
+    return root
 
 
 @pytest.mark.parametrize('variant, hf_class', [('moe', 'MixtralForCausalLM'), ('dense_active', 'LlamaForCausalLM')])
-def test_exported_run_loads_and_generates_in_a_fresh_process(work, variant, hf_class):
+def test_exported_run_loads_and_generates_in_a_fresh_process(work, variant, hf_class, monkeypatch):
     out = work / f'{variant}_hf'
     res = cli('export', str(work / variant), str(out), root=work)
     assert res.returncode == 0, res.stderr
@@ -60,7 +62,7 @@ def test_exported_run_loads_and_generates_in_a_fresh_process(work, variant, hf_c
     state = load_checkpoint(work / variant / 'checkpoint.pt', torch.device('cpu'))
     ours = Decoder(config_from_dict(ModelConfig, json.loads(state['identity'])['model'])).eval()
     ours.load_state_dict(state['model'])
-    os.environ['MOE_STUDY_ROOT'] = str(work)
+    monkeypatch.setenv('MOE_STUDY_ROOT', str(work))
     data = load_data('smoke')
     x, _ = next(iter(val_batches(data.tokens('val'), 64, 4)))
     prompt, new = x[:2, :16], 64 - 16                           # greedy up to the end of the context window
@@ -82,10 +84,10 @@ def test_exported_run_loads_and_generates_in_a_fresh_process(work, variant, hf_c
     assert hf['max_length'] == 64                               # the smoke model's context: a length is set
 
 
-def test_export_refuses_what_mixtral_cannot_hold_and_never_overwrites(work):
+def test_export_refuses_what_mixtral_cannot_hold_and_never_overwrites(work, monkeypatch):
     root = work
     capped = root / 'capped'
-    os.environ['MOE_STUDY_ROOT'] = str(root)
+    monkeypatch.setenv('MOE_STUDY_ROOT', str(root))
     train('smoke', 'moe', 0, out_dir=capped, progress=False, overrides={'max_steps': 2, 'model.capacity_factor': 1.0})
     res = cli('export', str(capped), str(root / 'capped_hf'), root=root)
     assert res.returncode == 2 and 'capacity_factor=1.0: Mixtral is dropless' in res.stderr, res.stderr

@@ -1,65 +1,20 @@
 """Faults and bad input, as a hostile user would try them: for each, the exit status, a message that names the
 problem and the fix, and everything written before left intact."""
-import contextlib, hashlib, io, json, os, resource, shutil, signal, subprocess, sys, time
+import io, json, os, resource, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
 import torch
 
-from moe_study.__main__ import main, parse_overrides
+from conftest import PAPERMILL, ROOT, TINY_SET, TINY_STUDY, cli, no_traceback, resume, snapshot
 from moe_study.analysis import load_runs
-from moe_study.studies import get_preset, study_to_dict, study_with
+from moe_study.studies import get_preset, study_to_dict
 from moe_study.fileio import exclusive
 from moe_study.stories import synthetic_stories
 from moe_study.sweep import ReportRefused, render_report
 from moe_study.trainer import read_metrics
 from moe_study.checkpoint import state_digest
 
-ROOT = Path(__file__).resolve().parents[1]
-PAPERMILL = Path(sys.executable).parent / 'papermill'
-TINY = ['max_steps=6', 'eval_every=3', 'checkpoint_every=3', 'log_every=1', 'sample_tokens=0']
-TINY_SET = [a for kv in TINY for a in ('--set', kv)]
-TINY_STUDY = study_with('smoke', overrides=parse_overrides(TINY))
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    "The command line in this process: (exit status, stdout, stderr)."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in argv])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def snapshot(folder: Path) -> dict:
-    "Every file under `folder` (the lock file aside) with the SHA-256 of its bytes."
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob('*')) if p.is_file() and p.name != '.lock'}
-
-
-def no_traceback(err: str) -> None:
-    assert 'Traceback' not in err, err
-
-
-@pytest.fixture(scope='module')
-def half_run(tmp_path_factory):
-    "A tiny smoke MoE run stopped after its step-3 checkpoint (of 6): runs/<study>/moe/seed0."
-    runs = tmp_path_factory.mktemp('half')
-    code, _, err = cli('train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', runs, '--until', 3, '--quiet', *TINY_SET)
-    assert code == 0, err
-    return runs / TINY_STUDY.name / 'moe' / 'seed0'
-
-
-@pytest.fixture
-def run_copy(half_run, tmp_path):
-    "A private copy of the half-finished run: (runs dir, run dir)."
-    runs = tmp_path / 'runs'
-    shutil.copytree(half_run.parents[2], runs)
-    return runs, runs / TINY_STUDY.name / 'moe' / 'seed0'
-
-
-def resume(runs, *extra):
-    return cli('train', '--preset', 'smoke', '--variant', 'moe', '--runs-dir', runs, '--quiet', *TINY_SET, *extra)
 
 
 # --- 8. inputs checked up front: exit 2, the field and what is allowed named, nothing written ---------------------
@@ -209,7 +164,7 @@ def test_a_folder_without_text_files_is_refused(tmp_path):
 HELD_OUT = ['--set', 'data.val_fraction=0.1']
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def own_cache(tmp_path_factory):
     "A corpus of 400 generated stories and its token cache (in the project's cache folder, keyed by the corpus)."
     folder = tmp_path_factory.mktemp('corpus')
@@ -227,6 +182,7 @@ def own_cache(tmp_path_factory):
     (lambda c: (c / 'train.bin').write_bytes((c / 'train.bin').read_bytes()[:-2]), "train.bin has"),
     (lambda c: (c / 'tokenizer.model').unlink(), "tokenizer.model is missing"),
 ], ids=['edited manifest number', 'unreadable manifest', 'flipped token', 'truncated tokens', 'missing tokenizer'])
+@pytest.mark.xdist_group('own_cache')      # one cache in the project's cache folder: damaged and rebuilt by one worker
 def test_a_damaged_token_cache_is_refused_until_rebuilt(own_cache, damage, message):
     corpus, cache = own_cache
     damage(cache)
@@ -313,15 +269,11 @@ def test_a_damaged_metrics_line_is_named(run_copy):
     assert code == 1 and 'metrics.jsonl:2 is not a JSON record' in err, err
 
 
-@pytest.fixture(scope='module')
-def finished(tmp_path_factory):
-    "A finished run of a study declared in a user's file: (study file, runs dir, run dir)."
-    folder = tmp_path_factory.mktemp('mine')
-    d = study_to_dict(TINY_STUDY); d.update(name='mine', base=None, overrides={})
-    (folder / 'mine.json').write_text(json.dumps(d))
-    code, _, err = cli('train', '--preset', folder / 'mine.json', '--variant', 'moe', '--runs-dir', folder / 'runs', '--quiet')
-    assert code == 0, err
-    return folder / 'mine.json', folder / 'runs', folder / 'runs' / 'mine' / 'moe' / 'seed0'
+@pytest.fixture
+def finished(reported):
+    "A finished run of a study declared in a user's file (the shared `reported` one): (study file, runs dir, run dir)."
+    study, runs, _, _ = reported
+    return study, runs, runs / 'mine' / 'moe' / 'seed0'
 
 
 def test_a_finished_run_asked_for_with_an_edited_declaration_is_refused(finished, tmp_path):
@@ -431,11 +383,14 @@ def test_a_full_disk_while_building_the_token_cache_leaves_no_scratch(tmp_path):
     def small_disk():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
-    res = subprocess.run([sys.executable, '-m', 'moe_study', 'data', '--preset', 'smoke', '--data', str(tmp_path / 'stories.txt'),
-                          *HELD_OUT], cwd=ROOT, capture_output=True, text=True, preexec_fn=small_disk)
-    assert res.returncode == 1 and 'File too large; free disk space' in res.stderr and '_cache' in res.stderr, res.stderr
-    no_traceback(res.stderr)
-    assert not list((ROOT / 'runs' / '_cache').glob('.building-*')), "a half-built cache was left behind"
+    proc = subprocess.Popen([sys.executable, '-m', 'moe_study', 'data', '--preset', 'smoke', '--data', str(tmp_path / 'stories.txt'),
+                             *HELD_OUT], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=small_disk)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and 'File too large; free disk space' in err and '_cache' in err, err
+    no_traceback(err)
+    # its own scratch (<what>@<host>-<pid>); another test process may be building a cache of its own beside it
+    left = [p for p in (ROOT / 'runs' / '_cache').glob('.building-*') if p.name.endswith(f"-{proc.pid}")]
+    assert not left, f"a half-built cache was left behind: {left}"
 
 
 def test_an_unwritable_report_folder_is_an_error_not_a_traceback(finished):
@@ -470,6 +425,7 @@ def test_a_study_whose_every_run_fails_exits_nonzero_with_a_refusal(tmp_path):
     assert code == 1 and '0 run(s) executed' in out and 'FAILED moe seed 0' in err and 'REPORT FAILED: no complete run' in err, err
 
 
+@pytest.mark.long
 def test_study_lifecycle_repeated_seed_unchanged_rerun_and_a_refusal_that_stays(tmp_path):
     runs, report = tmp_path / 'runs', tmp_path / 'report'
     argv = ['study', '--preset', 'smoke', '--variants', 'moe', 'dense_active', '--seeds', '7', '7', '--runs-dir', runs,
@@ -525,6 +481,7 @@ def start_study(runs: Path, report: Path):
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['Ctrl-C', 'SIGTERM'])
 def test_interrupting_a_study_stops_its_runs_promptly_and_they_resume(tmp_path, sig):
     runs, report = tmp_path / 'runs', tmp_path / 'report'

@@ -1,14 +1,14 @@
 """`make gpu-check --dry-run`: every stage of the GPU check at toy size on the CPU, through the command line; the
 record and its summary written; a machine without CUDA refused without --dry-run."""
 import json, subprocess, sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
+@pytest.mark.long
 def test_the_dry_run_runs_every_stage_and_writes_its_record(tmp_path):
     res = subprocess.run(['make', '-s', 'gpu-check', f'ARGS=--dry-run --out {tmp_path / "check"}'], cwd=ROOT,
                          capture_output=True, text=True)

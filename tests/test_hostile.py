@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT, cli, no_traceback, resume, snapshot
 from moe_study.fileio import exclusive
 from moe_study.studies import get_preset, study_to_dict
-from test_faults import ROOT, TINY_STUDY, cli, no_traceback, snapshot
 
 SMOKE = study_to_dict(get_preset('smoke'))
 
@@ -95,27 +95,28 @@ def test_a_study_file_named_in_capitals_is_read(tmp_path):
 
 # --- 2. reports are swapped in whole, one writer at a time -------------------------------------------------------
 
-@pytest.fixture(scope='module')
-def reported(tmp_path_factory):
-    "A study file, its finished run and its rendered report: (study file, runs dir, report dir, report folder)."
-    from test_faults import TINY_SET
-    folder = tmp_path_factory.mktemp('reported')
-    d = study_to_dict(TINY_STUDY); d.update(name='mine', base=None, overrides={})
-    study = study_file(folder, d)
-    code, _, err = cli('study', '--preset', study, '--variants', 'moe', '--seeds', '0', '--runs-dir', folder / 'runs',
-                       '--report-dir', folder / 'report', *TINY_SET)
-    assert code == 0, err
-    return study, folder / 'runs', folder / 'report', folder / 'report' / 'mine'
-
-
 def study_process(study, runs, report, preexec_fn=None, **kw):
     return subprocess.Popen([sys.executable, '-m', 'moe_study', 'study', '--preset', str(study), '--variants', 'moe', '--seeds', '0',
                              '--runs-dir', str(runs), '--report-dir', str(report)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn, **kw)
 
 
-def test_a_full_disk_while_a_report_re_renders_keeps_the_previous_report(reported):
-    study, runs, report, out = reported
+def wait_on_lock(p: subprocess.Popen, timeout: float = 120) -> bool:
+    """Wait until process `p` waits for a file lock (Linux lists each waiting request in /proc/locks as '-> …'), or it
+    ends, or `timeout` passes; whether it is waiting. Without /proc/locks: whether it still runs after 8 seconds."""
+    locks = Path('/proc/locks')
+    if not locks.exists():
+        time.sleep(8); return p.poll() is None
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        if any(l.split()[1] == '->' and l.split()[5] == str(p.pid) for l in locks.read_text().splitlines() if len(l.split()) > 5):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_full_disk_while_a_report_re_renders_keeps_the_previous_report(reported_copy):
+    study, runs, report, out = reported_copy
     (out / '.rendered').unlink()                                # the next study re-renders the report
     before = snapshot(out)
 
@@ -130,14 +131,14 @@ def test_a_full_disk_while_a_report_re_renders_keeps_the_previous_report(reporte
     assert not (out / '.rendering').exists(), "the scratch folder was left behind"
 
 
-def test_a_second_renderer_waits_for_the_first(reported):
-    study, runs, report, out = reported
+def test_a_second_renderer_waits_for_the_first(reported_copy):
+    study, runs, report, out = reported_copy
     (out / '.rendering').mkdir(exist_ok=True); (out / '.rendering' / 'index.html').write_text('half')   # a killed render's
     (out / '.rendered').unlink(missing_ok=True)
     with exclusive(out):                                        # another process is rendering this report
         p = study_process(study, runs, report)
-        time.sleep(8)
-        assert p.poll() is None, "the second renderer did not wait for the report folder's lock"
+        waiting = wait_on_lock(p)
+        assert p.poll() is None and waiting, "the second renderer did not wait for the report folder's lock"
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     page = (out / 'index.html').read_text()
@@ -148,6 +149,7 @@ def test_a_second_renderer_waits_for_the_first(reported):
 
 # --- 4. relative paths mean the user's folder, everywhere --------------------------------------------------------
 
+@pytest.mark.long
 def test_a_study_started_outside_the_project_uses_the_users_folder(tmp_path):
     "Relative --runs-dir, --report-dir and a study file's data.path, with --set (a changed study, so its runs read study.json)."
     from moe_study.stories import synthetic_stories
@@ -239,9 +241,6 @@ def test_scratch_of_a_killed_export_is_cleaned_on_the_next_export(reported, tmp_
 
 
 # --- 6. results that were silently wrong ---------------------------------------------------------------------------
-
-from test_faults import half_run, run_copy, resume  # noqa: E402  (the half-finished run fixtures of round one)
-
 
 def test_a_resume_under_changed_code_is_refused_unless_allowed(run_copy, monkeypatch):
     import moe_study.trainer as trainer

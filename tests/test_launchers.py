@@ -1,15 +1,13 @@
 """`study --launcher submitit-local`: every run a submitit job (a real process through submitit's local executor), the
 report rendered once they have all ended; `--launcher slurm` off a cluster is a clear error."""
-import json, subprocess, sys
-from pathlib import Path
+import json
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
 
-
-def cli(*args):
-    return subprocess.run([sys.executable, '-m', 'moe_study', *args], capture_output=True, text=True, cwd=ROOT)
+from conftest import command as cli
 
 
+@pytest.mark.long
 def test_study_through_submitit_jobs_renders_its_report(tmp_path):
     runs, reports = tmp_path / 'runs', tmp_path / 'report'
     res = cli('study', '--preset', 'smoke', '--seeds', '0', '--launcher', 'submitit-local',

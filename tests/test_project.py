@@ -1,13 +1,10 @@
 """The project as a user gets it: the Makefile path, CI wiring, and notebooks <-> library sync."""
-import configparser, json, os, re, shutil, subprocess, sys
+import configparser, json, os, re, shutil, subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import load_json_strict, section_headings
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent          # the venv running the tests has nbdev's commands
+from conftest import BIN, ROOT, load_json_strict, section_headings
 
 
 def run(cmd, cwd=ROOT, **kw):
@@ -38,8 +35,28 @@ def test_make_installs_pinned_torch_before_the_package(tmp_path):
 
 def test_make_test_runs_nbdev_test_then_pytest(tmp_path):
     out = run(['make', '-n', f'VENV={tmp_path}/venv', 'test']).stdout
-    assert 0 <= out.find('bin/nbdev_test') < out.find('bin/pytest -q tests'), out
+    assert 0 <= out.find('bin/nbdev_test') < out.find('bin/pytest -q -n auto --dist loadgroup tests'), out
     assert 'torch==2.13.0' in out                    # a fresh clone installs first
+
+
+GROUPED = """
+import os, pytest
+pytestmark = pytest.mark.xdist_group('one')
+@pytest.mark.parametrize('i', range(6))
+def test_where(i, tmp_path_factory):
+    (tmp_path_factory.getbasetemp().parent.parent / f'{i}.worker').write_text(os.environ['PYTEST_XDIST_WORKER'])
+"""
+
+
+def test_tests_sharing_a_trained_fixture_run_on_one_worker(tmp_path):
+    "`make test`'s `--dist loadgroup` keeps an xdist_group on one worker (pytest 9.2 broke that for pytest-xdist 3.8)."
+    (tmp_path / 'suite').mkdir(); (tmp_path / 'suite' / 'test_grouped.py').write_text(GROUPED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}
+    res = run([str(BIN / 'pytest'), '-q', '-n', '2', '--dist', 'loadgroup', '-p', 'no:cacheprovider',
+               '--basetemp', str(tmp_path / 'base' / 'tmp'), 'suite'], cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    workers = {p.read_text() for p in (tmp_path / 'base').glob('*.worker')}
+    assert len(list((tmp_path / 'base').glob('*.worker'))) == 6 and len(workers) == 1, workers
 
 
 def test_make_lab_opens_the_notebooks(tmp_path):
@@ -59,7 +76,7 @@ def test_requirements_hold_the_working_nbdev_pins():
     for pkg in ('torch>=2.4', 'papermill', 'jupyterlab', 'sentencepiece', 'datasets', 'seaborn',
                 'pandas', 'tqdm', 'ipykernel'):
         assert pkg in reqs
-    assert settings()['dev_requirements'].split() == ['pytest', 'hypothesis']
+    assert settings()['dev_requirements'].split() == ['pytest>=8,<9.2', 'pytest-xdist>=3.5', 'hypothesis']
 
 
 def test_slow_and_gpu_cells_are_skipped_by_default():

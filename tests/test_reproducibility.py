@@ -19,6 +19,7 @@ def train(runs, machine: str, mode: str, *extra):
     assert r.returncode == 0, r.stderr[-2000:]
     return runs / 'smoke' / 'moe' / 'seed0'
 
+@pytest.mark.long
 def test_portable_mode_gives_the_same_bits_on_both_machines(tmp_path):
     runs = {(m, mode): train(tmp_path / f"{m}_{mode}", m, mode) for m in MACHINES for mode in ('portable', 'native')}
     metrics = {k: read_metrics(run, timing=False) for k, run in runs.items()}

@@ -4,13 +4,14 @@ kernels) see them because this module is named in $MOE_STUDY_PLUGINS."""
 import json, os, subprocess, sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from moe_study.config import ROUTER_LOSSES, ROUTERS
 from moe_study.router import TopKRouter, route
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]     # not conftest's: the study's processes import this file as a plugin
 
 
 def importance_loss(*, probs: torch.Tensor, **_) -> torch.Tensor:
@@ -47,6 +48,7 @@ def test_a_registered_router_and_loss_train_and_are_logged_by_name(tmp_path):
     assert identity['model']['router'] == 'softcap' and identity['model']['router_losses'] == LOSSES
 
 
+@pytest.mark.long
 def test_a_study_reports_a_registered_router_and_loss(tmp_path):
     sets = [a for k, v in OVERRIDES.items() for a in ('--set', f"{k}={json.dumps(v)}")]
     env = {**os.environ, 'MOE_STUDY_PLUGINS': 'test_router_plugin',

@@ -3,6 +3,7 @@ training process takes no fresh pages after warm-up and gives the same bits; the
 reproduces on both simulated machines and keeps its kernels in the study's cache; without a C++ compiler a run
 trains eager and says so."""
 import json, os, resource, subprocess, sys
+import pytest
 import torch
 from moe_study.config import TrainConfig
 from moe_study.environment import INDUCTOR_CACHE_ENV, MALLOC_ENV, tune_allocator
@@ -60,6 +61,7 @@ def train(runs, *extra, machine='avx2', **env_extra):
     return run, r.stderr
 
 
+@pytest.mark.long
 def test_a_compiled_run_reproduces_on_both_machines_and_compiles_into_the_study_cache(tmp_path):
     runs = {m: train(tmp_path / m, '--set', 'train.compile=true', machine=m)[0] for m in MACHINES}
     configs = {m: json.loads((run / 'config.json').read_text()) for m, run in runs.items()}

@@ -1,12 +1,9 @@
 """The smoke-preset study end to end: sweep through papermill, report, skip, resume, failure."""
-import json, os, socket, subprocess, sys, time, urllib.request
-from pathlib import Path
+import json, os, shutil, socket, subprocess, sys, time, urllib.request
 
 import pytest
 
-from conftest import load_json_strict, section_headings
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import PAPERMILL, ROOT, load_json_strict, section_headings, stories
 
 
 def study(tmp, *extra):
@@ -15,12 +12,25 @@ def study(tmp, *extra):
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'MOE_STUDY_REFRESH_S': '0.2'})
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def first_pass(tmp_path_factory):
+    "The smoke study through papermill, seeds 0 and 1: (folder of runs/ and report/, the command's result). Read it."
     tmp = tmp_path_factory.mktemp('study')
     return tmp, study(tmp)
 
 
+@pytest.fixture
+def study_copy(first_pass, tmp_path):
+    "A private copy of the first pass's runs and report, for a test that changes them."
+    tmp, _ = first_pass
+    for name in ('runs', 'report'): shutil.copytree(tmp / name, tmp_path / name)
+    return tmp_path
+
+
+SMOKE_STUDY = pytest.mark.xdist_group('smoke_study')      # the tests that read first_pass: one worker builds it
+
+
+@SMOKE_STUDY
 def test_sweep_runs_every_variant_and_seed_and_renders_the_report(first_pass):
     tmp, res = first_pass
     assert res.returncode == 0, res.stderr[-3000:]
@@ -52,6 +62,7 @@ def test_sweep_runs_every_variant_and_seed_and_renders_the_report(first_pass):
     assert (report / 'routing_moe.png').exists() and (tmp / 'runs' / 'smoke' / 'study.json').exists()
 
 
+@SMOKE_STUDY
 def test_rerun_executes_nothing(first_pass):
     tmp, _ = first_pass
     html = tmp / 'report' / 'smoke' / 'index.html'
@@ -62,6 +73,7 @@ def test_rerun_executes_nothing(first_pass):
     assert html.stat().st_mtime_ns == before
 
 
+@SMOKE_STUDY
 def test_runs_write_tensorboard_events_and_the_study_shows_each_run_live(first_pass):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     tmp, res = first_pass
@@ -81,6 +93,7 @@ def free_port() -> int:
         s.bind(('localhost', 0)); return s.getsockname()[1]
 
 
+@SMOKE_STUDY
 def test_board_serves_every_variant_and_seed_of_the_study(first_pass):
     tmp, _ = first_pass
     port = free_port()
@@ -96,6 +109,7 @@ def test_board_serves_every_variant_and_seed_of_the_study(first_pass):
         proc.terminate(); proc.wait(30)
 
 
+@SMOKE_STUDY
 def test_eval_on_a_held_out_corpus_adds_its_paired_gaps_to_the_report(first_pass):
     tmp, _ = first_pass
     corpus = tmp / 'other.txt'
@@ -116,6 +130,7 @@ def test_eval_on_a_held_out_corpus_adds_its_paired_gaps_to_the_report(first_pass
 
 
 @pytest.mark.skipif(__import__('importlib').util.find_spec('lm_eval') is None, reason="needs moe_study[eval]")
+@SMOKE_STUDY
 def test_eval_harness_scores_a_local_corpus_offline_and_refuses_what_needs_a_download(first_pass):
     tmp, _ = first_pass
     corpus = tmp / 'harness.jsonl'
@@ -131,6 +146,7 @@ def test_eval_harness_scores_a_local_corpus_offline_and_refuses_what_needs_a_dow
     assert res.returncode == 2 and 'needs data that is not available offline' in res.stderr and 'Traceback' not in res.stderr, res.stderr[-2000:]
 
 
+@SMOKE_STUDY
 def test_a_study_mixing_kernel_paths_is_flagged_or_refused(first_pass, tmp_path):
     "Runs from two kernel paths (chapter 07c): the report warns and lists them; a study declaring exact pairing refuses."
     import dataclasses, shutil
@@ -153,8 +169,9 @@ def test_a_study_mixing_kernel_paths_is_flagged_or_refused(first_pass, tmp_path)
         render_report(dataclasses.replace(smoke, exact_pairing=True), runs, tmp_path / 'exact')
 
 
-def test_deleting_a_summary_reruns_only_that_run_and_failures_are_reported(first_pass):
-    tmp, _ = first_pass
+@SMOKE_STUDY
+def test_deleting_a_summary_reruns_only_that_run_and_failures_are_reported(study_copy):
+    tmp = study_copy
     runs = tmp / 'runs' / 'smoke'
     untouched = {p: p.stat().st_mtime_ns for p in runs.glob('*/seed*/summary.json') if 'dense_total/seed1' not in str(p)}
     (runs / 'dense_total' / 'seed1' / 'summary.json').unlink()
@@ -178,6 +195,7 @@ def test_unknown_variant_for_the_study(tmp_path):
     assert res.returncode == 2 and "unknown variant 'sparse' in study 'smoke'" in res.stderr
 
 
+@SMOKE_STUDY
 def test_a_run_in_the_sweep_equals_the_same_run_alone(first_pass, tmp_path):
     # the sweep executed two one-thread runs at a time; the preset fixes the threads, so the numbers do not depend on it
     from moe_study.trainer import read_metrics, train
@@ -195,6 +213,7 @@ def test_jobs_must_be_positive(tmp_path):
 
 # --- a study is a declaration --------------------------------------------------------------------------------
 
+@pytest.mark.long
 def test_a_new_variant_is_one_declaration(tmp_path):
     "Declare an 8-expert MoE beside the reference: parameters, runs, analysis, figures and report pick it up."
     import dataclasses
@@ -262,6 +281,7 @@ def test_declared_text_reaches_the_page_escaped(tmp_path):
     assert page.count('&lt;script&gt;alert(1)&lt;/script&gt;') >= 5          # title, question, search, gaps, variants
 
 
+@pytest.mark.long
 def test_an_equal_resources_study_end_to_end(tmp_path):
     "A small strictly-equal-resources study: equal compute, reuse against fresh data, the rate sweep in the report."
     from moe_study.config import ModelConfig, TrainConfig
@@ -298,6 +318,7 @@ def test_an_equal_resources_study_end_to_end(tmp_path):
     assert 'per non-embedding parameter' in html and 'What the paper found' in html and 'unique data' in html
 
 
+@pytest.mark.long
 def test_an_isoflop_study_end_to_end(tmp_path):
     "A small IsoFLOP study: every run spends its budget; curves, optima and the law fit in the report."
     from moe_study.config import ModelConfig, TrainConfig
@@ -308,7 +329,7 @@ def test_an_isoflop_study_end_to_end(tmp_path):
                           get_preset('smoke').data, TrainConfig(batch_size=8, warmup_steps=3, eval_every=40, log_every=10,
                                                                 checkpoint_every=100, sample_tokens=8, threads=1,
                                                                 compile=False),   # eager: 18 shapes
-                          (1e10, 2e10, 4e10), ((4, 2),), widths=((16, 24, 32),) * 3, match_multiple=4)
+                          (5e9, 1e10, 2e10), ((4, 2),), widths=((16, 24, 32),) * 3, match_multiple=4)
     render_in_process(study, tmp_path, seeds=(0,))
     for v in study.variants:
         c = json.loads((tmp_path / 'runs' / 'smoke_iso' / v.name / 'seed0' / 'config.json').read_text())
@@ -318,7 +339,7 @@ def test_an_isoflop_study_end_to_end(tmp_path):
     assert (report / 'isoflop_curves.png').exists() and (report / 'isoflop_optima.png').exists()
     assert (report / 'isoflop_law.png').exists()
     iso = load_json_strict(report / "results.json")["isoflop"]
-    assert iso['budgets'] == [1e10, 2e10, 4e10] and len(iso['optima']) == 3 * 2
+    assert iso['budgets'] == [5e9, 1e10, 2e10] and len(iso['optima']) == 3 * 2
     assert all(len(o['loss_ci95']) == 2 for o in iso['optima'] if o['interior'])   # bootstrapped intervals
     law = iso['law']                      # fitted on the two smaller budgets, asked for the largest's optima
     assert (law['n_fit'], law['n_held_out']) == (12, 6) and [p['sparsity'] for p in law['prediction']] == [0.0, 0.5]
@@ -328,11 +349,6 @@ def test_an_isoflop_study_end_to_end(tmp_path):
     assert html.index('What we found') < html.index('Every run spends its own budget') < html.index('Fairness audit')
     assert 'predicts the best loss' in html and 'The law (eq. 6)' in html and 'What the paper found' in html
     assert 'held out' in html and 'N*_active' in html
-
-
-def stories(n):
-    from moe_study.stories import synthetic_stories
-    return synthetic_stories(3, 60, 'train', 0, n)
 
 
 def test_data_and_set_on_the_command_line_make_a_new_study(tmp_path):
@@ -355,8 +371,7 @@ def test_data_and_set_on_the_command_line_make_a_new_study(tmp_path):
 def test_papermill_data_and_overrides(tmp_path):
     corpus = tmp_path / 'corpus.jsonl'
     corpus.write_text('\n'.join(json.dumps({'text': s}) for s in stories(600)))
-    papermill = Path(sys.executable).parent / 'papermill'
-    res = subprocess.run([str(papermill), 'nbs/train.ipynb', str(tmp_path / 'out.ipynb'), '-p', 'preset', 'smoke',
+    res = subprocess.run([str(PAPERMILL), 'nbs/train.ipynb', str(tmp_path / 'out.ipynb'), '-p', 'preset', 'smoke',
                           '-p', 'variant', 'moe', '-p', 'seed', '1', '-p', 'data', str(corpus), '-p', 'runs_dir',
                           str(tmp_path / 'runs'), '-y', 'overrides: {model.n_experts: 8, data.val_fraction: 0.05, max_steps: 20}'],
                          cwd=ROOT, capture_output=True, text=True)

@@ -1,29 +1,14 @@
 """Training end to end: papermill, the command line, kill-and-resume, and what must stop a run."""
 import json, random, re, signal, subprocess, sys, time
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import PAPERMILL, ROOT, command as cli
 from moe_study.studies import study_with
 from moe_study.model import Decoder
-from moe_study.checkpoint import TrainingError
+from moe_study.checkpoint import TrainingError, state_digest
 from moe_study.trainer import read_metrics, train
-
-ROOT = Path(__file__).resolve().parents[1]
-PAPERMILL = Path(sys.executable).parent / 'papermill'
-
-
-def cli(*args, **kw):
-    return subprocess.run([sys.executable, '-m', 'moe_study', *args], capture_output=True, text=True, cwd=ROOT, **kw)
-
-
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory):
-    "An uninterrupted smoke MoE run, seed 0."
-    out = tmp_path_factory.mktemp('ref') / 'run'
-    train('smoke', 'moe', 0, out_dir=out, progress=False)
-    return out
 
 
 def test_papermill_run_writes_a_complete_run_directory(tmp_path):
@@ -62,12 +47,16 @@ def test_papermill_unknown_variant_lists_the_valid_ones(tmp_path):
     assert "unknown variant 'sparse' in study 'cpu'; valid variants: moe, dense_active, dense_total" in res.stderr
 
 
-def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, reference):
+KILLED = {'log_every': 1, 'max_steps': 10_000}        # a run far longer than the test lets it train: never finished when killed
+UNTIL = 40                                            # where the killed run, resumed, and the uninterrupted one stop
+
+
+def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path):
     runs = tmp_path / 'runs'
     cmd = [sys.executable, '-m', 'moe_study', 'train', '--preset', 'smoke', '--variant', 'moe', '--seed', '0',
-           '--runs-dir', str(runs), '--quiet', '--set', 'log_every=1']
-    run = runs / study_with('smoke', overrides={'log_every': 1}).name / 'moe' / 'seed0'     # --set: its own study
-    kill_at = random.Random().randint(11, 28)          # after the first checkpoint (step 10), before the end
+           '--runs-dir', str(runs), '--quiet', *(a for k, v in KILLED.items() for a in ('--set', f'{k}={v}'))]
+    run = runs / study_with('smoke', overrides=KILLED).name / 'moe' / 'seed0'     # --set: its own study
+    kill_at = random.Random().randint(11, 28)          # after the first checkpoint (step 10), before the next but one
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -75,14 +64,17 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, referenc
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL); proc.wait()
-    assert not (run / 'summary.json').exists(), "the run finished before it could be killed"
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    killed_at = max(r['step'] for r in read_metrics(run))
+    assert kill_at <= killed_at < KILLED['max_steps'] and not (run / 'summary.json').exists()
+    res = subprocess.run([*cmd, '--until', str(max(UNTIL, killed_at + 1))], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     uninterrupted = tmp_path / 'whole'
-    train('smoke', 'moe', 0, overrides={'log_every': 1}, out_dir=uninterrupted, progress=False)
-    assert read_metrics(run, timing=False) == read_metrics(uninterrupted, timing=False), f"killed at step >= {kill_at}"
-    assert json.loads((run / 'summary.json').read_text())['best_val_loss'] == \
-        json.loads((uninterrupted / 'summary.json').read_text())['best_val_loss']
+    assert train('smoke', 'moe', 0, overrides=KILLED, out_dir=uninterrupted, until=max(UNTIL, killed_at + 1), progress=False) is None
+    assert read_metrics(run, timing=False) == read_metrics(uninterrupted, timing=False), f"killed at step {killed_at}"
+    resumed, whole = (torch.load(r / 'checkpoint.pt', weights_only=True) for r in (run, uninterrupted))
+    same = ('step', 'model', 'optimizer', 'best')          # not the wall time, nor the process's global RNG (batches have their own)
+    assert [state_digest(resumed[k]) for k in same] == [state_digest(whole[k]) for k in same]    # bit for bit
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(run), size_guidance={'scalars': 0}); acc.Reload()      # the killed and the resumed writer
     assert [e.step for e in acc.Scalars('train/loss')] == [r['step'] for r in read_metrics(run) if r['split'] == 'train']

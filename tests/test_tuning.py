@@ -1,15 +1,14 @@
 """A tuned study end to end (chapter 10a): one field of a study file turns tuning on; the tuning runs, the chosen
 rates, the runs at them, the audit, the report's section, a rerun that trains nothing, and the shipped record."""
 import json, shutil, subprocess, sys
-from pathlib import Path
 
 import pytest
 
-from conftest import load_json_strict
+from conftest import ROOT, TINY_STUDY, load_json_strict
 
-from moe_study.studies import STUDIES, study_to_dict
+from moe_study.studies import study_to_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group('tuned')          # one worker builds the tuned study the tests read
 GRID = [1.5e-3, 3e-3, 6e-3]         # smoke's own lr, 3e-3, in the middle: the shared arm
 
 
@@ -19,10 +18,10 @@ def study(tmp, preset, *extra):
                           cwd=ROOT, capture_output=True, text=True)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def tuned(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('tuned')
-    d = {**study_to_dict(STUDIES['smoke']), 'name': 'smoke_tuned', 'seeds': [1], 'design_seeds': [0],
+    d = {**study_to_dict(TINY_STUDY), 'name': 'smoke_tuned', 'base': None, 'overrides': {}, 'seeds': [1], 'design_seeds': [0],
          'tuning': {'lrs': GRID, 'seeds': [0], 'extend': 0}}          # the one field that turns tuning on
     (tmp / 'mine.json').write_text(json.dumps(d))
     return tmp, study(tmp, tmp / 'mine.json')
