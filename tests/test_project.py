@@ -40,23 +40,24 @@ def test_make_test_runs_nbdev_test_then_pytest(tmp_path):
 
 
 GROUPED = """
-import os, pytest
+import os, pathlib, pytest
 pytestmark = pytest.mark.xdist_group('one')
 @pytest.mark.parametrize('i', range(6))
-def test_where(i, tmp_path_factory):
-    (tmp_path_factory.getbasetemp().parent.parent / f'{i}.worker').write_text(os.environ['PYTEST_XDIST_WORKER'])
+def test_where(i):
+    (pathlib.Path(os.environ['WHERE']) / f'{i}.worker').write_text(os.environ['PYTEST_XDIST_WORKER'])
 """
 
 
 def test_tests_sharing_a_trained_fixture_run_on_one_worker(tmp_path):
     "`make test`'s `--dist loadgroup` keeps an xdist_group on one worker (pytest 9.2 broke that for pytest-xdist 3.8)."
     (tmp_path / 'suite').mkdir(); (tmp_path / 'suite' / 'test_grouped.py').write_text(GROUPED)
-    env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}
-    res = run([str(BIN / 'pytest'), '-q', '-n', '2', '--dist', 'loadgroup', '-p', 'no:cacheprovider',
-               '--basetemp', str(tmp_path / 'base' / 'tmp'), 'suite'], cwd=tmp_path, env=env)
+    (tmp_path / 'where').mkdir()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}, 'WHERE': str(tmp_path / 'where')}
+    res = run([str(BIN / 'pytest'), '-q', '-n', '2', '--dist', 'loadgroup', '-p', 'no:cacheprovider', 'test_grouped.py'],
+              cwd=tmp_path / 'suite', env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    workers = {p.read_text() for p in (tmp_path / 'base').glob('*.worker')}
-    assert len(list((tmp_path / 'base').glob('*.worker'))) == 6 and len(workers) == 1, workers
+    found = list((tmp_path / 'where').glob('*.worker'))
+    assert len(found) == 6 and len({p.read_text() for p in found}) == 1, [p.read_text() for p in found]
 
 
 def test_make_lab_opens_the_notebooks(tmp_path):

@@ -329,7 +329,7 @@ def test_an_isoflop_study_end_to_end(tmp_path):
                           get_preset('smoke').data, TrainConfig(batch_size=8, warmup_steps=3, eval_every=40, log_every=10,
                                                                 checkpoint_every=100, sample_tokens=8, threads=1,
                                                                 compile=False),   # eager: 18 shapes
-                          (5e9, 1e10, 2e10), ((4, 2),), widths=((16, 24, 32),) * 3, match_multiple=4)
+                          (1e10, 2e10, 4e10), ((4, 2),), widths=((16, 24, 32),) * 3, match_multiple=4)
     render_in_process(study, tmp_path, seeds=(0,))
     for v in study.variants:
         c = json.loads((tmp_path / 'runs' / 'smoke_iso' / v.name / 'seed0' / 'config.json').read_text())
@@ -339,7 +339,7 @@ def test_an_isoflop_study_end_to_end(tmp_path):
     assert (report / 'isoflop_curves.png').exists() and (report / 'isoflop_optima.png').exists()
     assert (report / 'isoflop_law.png').exists()
     iso = load_json_strict(report / "results.json")["isoflop"]
-    assert iso['budgets'] == [5e9, 1e10, 2e10] and len(iso['optima']) == 3 * 2
+    assert iso['budgets'] == [1e10, 2e10, 4e10] and len(iso['optima']) == 3 * 2
     assert all(len(o['loss_ci95']) == 2 for o in iso['optima'] if o['interior'])   # bootstrapped intervals
     law = iso['law']                      # fitted on the two smaller budgets, asked for the largest's optima
     assert (law['n_fit'], law['n_held_out']) == (12, 6) and [p['sparsity'] for p in law['prediction']] == [0.0, 0.5]
