@@ -16,7 +16,6 @@ from moe_study.trainer import read_metrics
 from moe_study.checkpoint import state_digest
 
 
-
 # --- 8. inputs checked up front: exit 2, the field and what is allowed named, nothing written ---------------------
 
 BAD_TRAIN_INPUT = {
